@@ -1,0 +1,6 @@
+"""dhe_vpr_ros: visual place recognition with Deep Homography Estimation re-ranking.
+
+The core (models, geometry, matching, re-ranking, losses) imports without ROS; only
+``dhe_vpr_ros.node`` needs rclpy.
+"""
+__version__ = "0.1.0"

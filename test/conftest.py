@@ -1,0 +1,34 @@
+"""Shared fixtures: deterministic seeds and small synthetic images with known structure."""
+import cv2
+import numpy as np
+import pytest
+import torch
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+    np.random.seed(0)
+    cv2.setRNGSeed(0)
+
+
+def textured_image(seed: int, size: int = 384) -> np.ndarray:
+    """An RGB uint8 image of random coloured shapes on a noise background: plenty of
+    distinctive local structure, made here, so tests need no downloaded photos."""
+    rng = np.random.default_rng(seed)
+    img = (rng.random((size // 8, size // 8, 3)) * 255).astype(np.uint8)
+    img = cv2.resize(img, (size, size), interpolation=cv2.INTER_CUBIC)
+    for _ in range(40):
+        colour = tuple(int(c) for c in rng.integers(0, 256, 3))
+        x, y = (int(v) for v in rng.integers(0, size, 2))
+        r = int(rng.integers(8, size // 6))
+        if rng.random() < 0.5:
+            cv2.circle(img, (x, y), r, colour, -1)
+        else:
+            cv2.rectangle(img, (x, y), (x + r, y + int(rng.integers(8, size // 6))), colour, -1)
+    return img
+
+
+@pytest.fixture
+def make_image():
+    return textured_image

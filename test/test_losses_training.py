@@ -1,0 +1,89 @@
+import time
+
+import cv2
+import numpy as np
+import torch
+
+from dhe_vpr_ros.geometry import corner_error, warp_points
+from dhe_vpr_ros.losses import rei_loss
+from dhe_vpr_ros.models import build_model
+from dhe_vpr_ros.synthetic import random_homographies, warped_feature_grids
+
+SIZE, STRIDE = 384, 16
+
+
+def test_rei_loss_is_lower_for_true_homography_than_perturbed():
+    g = torch.Generator().manual_seed(0)
+    hs = random_homographies(6, SIZE, max_shift=0.1, generator=g)
+    query, cands = warped_feature_grids(hs, 24, STRIDE, dim=64, generator=g)
+    queries = query.expand_as(cands)
+    true = rei_loss(hs, queries, cands)
+    perturbed = rei_loss(hs @ random_homographies(6, SIZE, max_shift=0.05, generator=g), queries, cands)
+    assert true.used.all()
+    assert (true.per_pair < perturbed.per_pair).all()
+    # with the true warp, the only error left is the grid quantisation of the matches
+    assert true.loss < STRIDE / 2
+
+
+def test_rei_loss_skips_pairs_without_matches_but_keeps_the_graph():
+    h = torch.eye(3).repeat(2, 1, 1).requires_grad_(True)
+    grid = torch.nn.functional.normalize(torch.ones(2, 8, 24, 24), dim=1)  # all equal: 1 mutual match
+    out = rei_loss(h, grid, grid)
+    assert not out.used.any()
+    out.loss.backward()
+    assert h.grad is not None
+
+
+def _warp_pair(image, h):
+    return cv2.warpPerspective(image, h.numpy().astype(np.float64), (SIZE, SIZE), borderMode=cv2.BORDER_REFLECT)
+
+
+def test_rei_gradients_reach_the_backbone(make_image):
+    model = build_model("efficientnet_lite0", "light", pretrained=True)
+    model.train()
+    model.backbone.set_trainable_from(8)
+    h_true = random_homographies(2, SIZE, max_shift=0.08, generator=torch.Generator().manual_seed(4))
+    imgs = [make_image(i) for i in range(2)]
+    q = torch.stack([torch.from_numpy(im).permute(2, 0, 1).float() / 255 for im in imgs])
+    p = torch.stack([torch.from_numpy(_warp_pair(im, h)).permute(2, 0, 1).float() / 255 for im, h in zip(imgs, h_true)])
+    fq, fp = model.embed(q), model.embed(p)
+    h_pred = model.regressor.homographies(fq.local, fp.local)
+    out = rei_loss(h_pred, fq.local, fp.local)
+    assert out.used.all(), out.ransac_inliers
+    out.loss.backward()
+    trainable = model.backbone.blocks()[10]
+    frozen = model.backbone.blocks()[0]
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in trainable.parameters())
+    assert all(p.grad is None for p in frozen.parameters())
+    assert model.regressor.linear.weight.grad.abs().sum() > 0
+
+
+def test_short_regressor_training_on_synthetic_pairs_lowers_rei_loss():
+    """CPU, well under 60 s: the light regressor learns warps from synthetic feature grids."""
+    torch.manual_seed(0)
+    model = build_model("efficientnet_lite0", "light", pretrained=False)
+    regressor = model.regressor.train()
+    optim = torch.optim.Adam(regressor.parameters(), lr=3e-4)
+    g = torch.Generator().manual_seed(0)
+    val_h = random_homographies(16, SIZE, max_shift=0.12, generator=g)
+    val_q, val_c = warped_feature_grids(val_h, 24, STRIDE, dim=32, generator=g)
+
+    def evaluate():
+        with torch.no_grad():
+            h = regressor.homographies(val_q, val_c)
+            return rei_loss(h, val_q.expand_as(val_c), val_c).loss.item(), corner_error(h, val_h, SIZE, SIZE).mean().item()
+
+    loss_before, corner_before = evaluate()
+    start = time.monotonic()
+    for _ in range(150):
+        hs = random_homographies(8, SIZE, max_shift=0.12, generator=g)
+        q, c = warped_feature_grids(hs, 24, STRIDE, dim=32, generator=g)
+        out = rei_loss(regressor.homographies(q, c), q.expand_as(c), c)
+        optim.zero_grad()
+        out.loss.backward()
+        optim.step()
+    elapsed = time.monotonic() - start
+    loss_after, corner_after = evaluate()
+    assert elapsed < 60
+    assert loss_after < 0.7 * loss_before, (loss_before, loss_after)
+    assert corner_after < corner_before, (corner_before, corner_after)

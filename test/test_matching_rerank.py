@@ -1,0 +1,108 @@
+import torch
+
+from dhe_vpr_ros.geometry import corner_error, warp_points
+from dhe_vpr_ros.matching import (count_inliers, grid_keypoints, mutual_nearest_neighbours,
+                                  reprojection_errors, robust_homographies)
+from dhe_vpr_ros.models import build_model
+from dhe_vpr_ros.rerank import make_reranker
+from dhe_vpr_ros.synthetic import random_homographies, warped_feature_grids
+
+GRID, STRIDE, SIZE = 24, 16, 384
+
+
+def _translation(dx_patches, dy_patches):
+    h = torch.eye(3)
+    h[0, 2], h[1, 2] = dx_patches * STRIDE, dy_patches * STRIDE
+    return h
+
+
+def test_grid_keypoints_are_patch_centres_row_major():
+    kps = grid_keypoints(24, 24, 16)
+    assert kps.shape == (576, 2)
+    assert kps[0].tolist() == [8.0, 8.0] and kps[1].tolist() == [24.0, 8.0]
+    assert kps[24].tolist() == [8.0, 24.0] and kps[-1].tolist() == [376.0, 376.0]
+
+
+def test_mutual_nn_finds_true_correspondences_for_every_candidate_at_once():
+    hs = torch.stack([_translation(2, 1), _translation(-3, 0), _translation(0, 4)])
+    g = torch.Generator().manual_seed(0)
+    query, cands = warped_feature_grids(hs, GRID, STRIDE, dim=64, generator=g)
+    matches = mutual_nearest_neighbours(query, cands)
+    kps = grid_keypoints(GRID, GRID, STRIDE)
+    for k, h in enumerate(hs):
+        target = warp_points(h, kps)
+        in_view = ((target > 0) & (target < SIZE)).all(-1)
+        true_partner = ((target[:, 1] - 8) / 16 * GRID + (target[:, 0] - 8) / 16).round().long()
+        # every visible position is matched to its true partner ...
+        assert matches.valid[k][in_view].all()
+        assert torch.equal(matches.partner[k][in_view], true_partner[in_view])
+        # ... and positions with no true partner rarely form a (chance) mutual pair
+        spurious = matches.valid[k] & ~in_view
+        assert spurious.sum() <= 0.1 * (~in_view).sum()
+
+
+def test_inlier_count_prefers_true_homography_and_ransac_recovers_it():
+    g = torch.Generator().manual_seed(1)
+    hs = random_homographies(4, SIZE, max_shift=0.12, generator=g)
+    query, cands = warped_feature_grids(hs, GRID, STRIDE, dim=64, generator=g)
+    kps = grid_keypoints(GRID, GRID, STRIDE)
+    matches = mutual_nearest_neighbours(query, cands)
+    wrong = hs @ random_homographies(4, SIZE, max_shift=0.12, generator=g)
+    true_count = count_inliers(hs, kps, kps, matches, 1.5 * STRIDE)
+    wrong_count = count_inliers(wrong, kps, kps, matches, 1.5 * STRIDE)
+    assert (true_count > wrong_count).all()
+    assert (true_count > 0.5 * matches.counts).all()
+    estimated, inliers = robust_homographies(kps, kps, matches, 1.5 * STRIDE, "ransac")
+    err = corner_error(torch.from_numpy(estimated).float(), hs, SIZE, SIZE)
+    assert (err < STRIDE).all(), err  # within one patch at every corner on average
+    errors = reprojection_errors(hs, kps, kps, matches)
+    assert torch.isinf(errors[~matches.valid]).all()
+
+
+def _query_with_distractors(num_distractors=7, seed=2):
+    g = torch.Generator().manual_seed(seed)
+    h_true = random_homographies(1, SIZE, max_shift=0.1, generator=g)
+    query, true_cand = warped_feature_grids(h_true, GRID, STRIDE, dim=64, generator=g)
+    distractors = torch.nn.functional.normalize(torch.randn(num_distractors, 64, GRID, GRID, generator=g), dim=1)
+    cands = torch.cat([distractors[:3], true_cand, distractors[3:]])  # true one at index 3
+    sims = torch.linspace(0.9, 0.5, len(cands))  # retrieval put the true one 4th
+    return query, cands, sims, h_true[0]
+
+
+def test_ransac_and_magsac_rerankers_rank_true_candidate_first():
+    query, cands, sims, h_true = _query_with_distractors()
+    for method in ("ransac", "magsac"):
+        result = make_reranker("ransac", stride=STRIDE, method=method)(query, cands, sims)
+        assert result.order[0].item() == 3, method
+        assert result.scores[3] > result.scores[torch.arange(8) != 3].max()
+        assert corner_error(result.homographies[3], h_true, SIZE, SIZE) < STRIDE
+
+
+def test_none_reranker_keeps_global_order():
+    query, cands, sims, _ = _query_with_distractors()
+    shuffled = sims[torch.tensor([2, 0, 1, 3, 4, 5, 6, 7])]
+    result = make_reranker("none")(query, cands, shuffled)
+    assert result.order.tolist() == [1, 2, 0, 3, 4, 5, 6, 7]
+    assert torch.equal(result.scores, shuffled)
+
+
+def test_dhe_reranker_batched_equals_one_pair_at_a_time():
+    model = build_model("efficientnet_lite0", "light", pretrained=False).eval()
+    torch.nn.init.normal_(model.regressor.linear.weight, std=1e-3)  # make H depend on the input
+    query, cands, sims, _ = _query_with_distractors(num_distractors=5)
+    query = torch.nn.functional.normalize(query[:, :, :], dim=0)
+    reranker = make_reranker("dhe", model=model, stride=STRIDE)
+    batched = reranker(query, cands, sims[:6])
+    singles = [reranker(query, cands[k:k + 1], sims[k:k + 1]) for k in range(6)]
+    single_h = torch.cat([s.homographies for s in singles])
+    assert torch.allclose(batched.homographies, single_h, atol=1e-3, rtol=1e-4)
+    assert torch.equal(batched.scores, torch.cat([s.scores for s in singles]))
+    assert not torch.allclose(batched.homographies[0], batched.homographies[1])
+
+
+def test_unknown_reranker_name_is_a_clear_error():
+    import pytest
+    with pytest.raises(ValueError, match="unknown re-ranker 'magic'"):
+        make_reranker("magic")
+    with pytest.raises(ValueError, match="needs a model"):
+        make_reranker("dhe")
