@@ -68,14 +68,24 @@ class DHEReranker(_PatchMatchingReranker):
 
     name = "dhe"
 
-    def __init__(self, model, stride: int = 16, threshold_patches: float = 3.0):
+    CPU_CHUNK = 2  # pairs per transformer pass on a CPU (see HomographyRegressor.homographies)
+
+    def __init__(self, model, stride: int = 16, threshold_patches: float = 3.0,
+                 chunk_size: int | str | None = "auto"):
         super().__init__(stride, threshold_patches)
         self.model = model
+        self.chunk_size = chunk_size
+
+    def chunk_for(self, device: torch.device) -> int | None:
+        if self.chunk_size == "auto":
+            return None if device.type != "cpu" else self.CPU_CHUNK
+        return self.chunk_size
 
     @torch.no_grad()
     def __call__(self, query_local, candidate_local, global_similarity):
         kps, matches = self._setup(query_local, candidate_local)
-        homographies = self.model.homographies(query_local, candidate_local)
+        homographies = self.model.homographies(query_local, candidate_local,
+                                               self.chunk_for(candidate_local.device))
         scores = count_inliers(homographies, kps, kps, matches, self.threshold_px)
         return RerankResult(scores, _order(scores), homographies, matches)
 

@@ -28,9 +28,10 @@ class VPRModel(nn.Module):
         """Normalised images (B, 3, S, S) -> local grids and global descriptors."""
         return self.backbone(images)
 
-    def homographies(self, query_local: torch.Tensor, candidate_local: torch.Tensor) -> torch.Tensor:
+    def homographies(self, query_local: torch.Tensor, candidate_local: torch.Tensor,
+                     chunk_size: int | None = None) -> torch.Tensor:
         """(C, H, W) or (K, C, H, W) query with (K, C, H, W) candidates -> (K, 3, 3)."""
-        return self.regressor.homographies(query_local, candidate_local)
+        return self.regressor.homographies(query_local, candidate_local, chunk_size)
 
 
 def build_model(backbone: str = "efficientnet_lite0", regressor: str | dict | RegressorConfig | None = None,

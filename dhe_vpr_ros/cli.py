@@ -1,0 +1,112 @@
+"""One command line: ``python -m dhe_vpr_ros <command>``; each command is also a console
+script for ``ros2 run dhe_vpr_ros <name>``. Commands are thin: parse, call the core, report."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Callable
+
+log = logging.getLogger("dhe_vpr_ros")
+
+
+def _setup_logging(verbose: bool = False) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="[%(levelname)s] %(name)s: %(message)s")
+
+
+def regressor_gflop_per_pair(config) -> float:
+    """Multiply-adds x 2 of one regressor forward pass (correlation excluded)."""
+    n = config.grid * config.grid  # tokens and width
+    per_layer = n * (4 * n * n + 2 * n * config.ff_dim) + 2 * n * n * n
+    return 2 * ((config.layers + config.residual_layers) * per_layer + n * n * 16) / 1e9
+
+
+# -- convert-checkpoint ---------------------------------------------------------------------
+def add_convert_checkpoint(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("source", help="checkpoint to read (ours, or the DHE-VPR authors' layout)")
+    parser.add_argument("destination", help="where to write a dhe_vpr_ros checkpoint")
+
+
+def run_convert_checkpoint(args: argparse.Namespace) -> int:
+    from .models import load_checkpoint, save_checkpoint
+    model, payload = load_checkpoint(args.source)
+    meta = dict(payload.get("meta", {}))
+    meta.setdefault("converted_from", str(args.source))
+    save_checkpoint(args.destination, model, meta=meta)
+    log.info("wrote %s (%s)", args.destination, model.config)
+    return 0
+
+
+# -- info -----------------------------------------------------------------------------------
+def add_model_info(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", help="describe this checkpoint")
+    parser.add_argument("--backbone", default="efficientnet_lite0", help="without --checkpoint: backbone name")
+    parser.add_argument("--regressor", default=None, help="without --checkpoint: regressor preset (paper|light)")
+
+
+def run_model_info(args: argparse.Namespace) -> int:
+    from .models import build_model, load_checkpoint
+    if args.checkpoint:
+        model, payload = load_checkpoint(args.checkpoint)
+        meta = payload.get("meta", {})
+    else:
+        model, meta = build_model(args.backbone, args.regressor, pretrained=False), {}
+    config = model.regressor.config
+    rows = [
+        ("backbone", model.backbone.name),
+        ("input size", f"{model.backbone.input_size}x{model.backbone.input_size}"),
+        ("local grid", f"{model.backbone.local_dim}x{model.backbone.grid_size}x{model.backbone.grid_size}"),
+        ("global dim", str(model.backbone.global_dim)),
+        ("regressor", f"grid {config.grid}, {config.layers}+{config.residual_layers} layers, "
+                      f"{config.heads} heads, ff {config.ff_dim}"),
+        ("backbone params", f"{sum(p.numel() for p in model.backbone.parameters()) / 1e6:.2f} M"),
+        ("regressor params", f"{sum(p.numel() for p in model.regressor.parameters()) / 1e6:.2f} M"),
+        ("regressor GFLOP/pair", f"{regressor_gflop_per_pair(config):.2f}"),
+    ] + [(f"meta.{k}", str(v)) for k, v in meta.items()]
+    width = max(len(k) for k, _ in rows)
+    sys.stdout.write("".join(f"{k:<{width}}  {v}\n" for k, v in rows))
+    return 0
+
+
+COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
+    "convert-checkpoint": ("convert a DHE-VPR author checkpoint to ours", add_convert_checkpoint,
+                           run_convert_checkpoint),
+    "info": ("describe a model or checkpoint", add_model_info, run_model_info),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m dhe_vpr_ros", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (help_text, add, _) in COMMANDS.items():
+        add(sub.add_parser(name, help=help_text, description=help_text))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.verbose)
+    from .models import CheckpointError
+    try:
+        return COMMANDS[args.command][2](args)
+    except (CheckpointError, FileNotFoundError, ValueError) as exc:
+        log.error("%s", exc)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def _entry(command: str) -> Callable[[], int]:
+    """Console-script entry for one command (ROS appends --ros-args; drop it here)."""
+    def run() -> int:
+        argv = sys.argv[1:]
+        if "--ros-args" in argv:
+            argv = argv[:argv.index("--ros-args")]
+        return main([command, *argv])
+    return run
+
+
+convert_checkpoint_main = _entry("convert-checkpoint")
+model_info_main = _entry("info")

