@@ -20,7 +20,6 @@ import time
 
 import torch
 
-from dhe_vpr_ros.cli import regressor_gflop_per_pair
 from dhe_vpr_ros.models import build_model
 from dhe_vpr_ros.rerank import make_reranker
 from dhe_vpr_ros.synthetic import random_homographies, warped_feature_grids
@@ -127,7 +126,7 @@ def main() -> None:
         return results.get(key, float("nan"))
 
     paper_cfg = presets["paper"][0].regressor.config
-    achieved = regressor_gflop_per_pair(paper_cfg) * 32 / (get(("paper", "batched", 32)) / 1e3)
+    achieved = paper_cfg.gflop_per_pair() * 32 / (get(("paper", "batched", 32)) / 1e3)
     print(f"paper_dhe_ms_K32={get(('paper', 'batched', 32)):.1f}")
     print(f"light_dhe_ms_K32={get(('light', 'batched', 32)):.1f}")
     print(f"ransac_ms_K32={get(('ransac', 'opencv', 32)):.1f}")

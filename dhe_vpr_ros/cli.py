@@ -15,13 +15,6 @@ def _setup_logging(verbose: bool = False) -> None:
                         format="[%(levelname)s] %(name)s: %(message)s")
 
 
-def regressor_gflop_per_pair(config) -> float:
-    """Multiply-adds x 2 of one regressor forward pass (correlation excluded)."""
-    n = config.grid * config.grid  # tokens and width
-    per_layer = n * (4 * n * n + 2 * n * config.ff_dim) + 2 * n * n * n
-    return 2 * ((config.layers + config.residual_layers) * per_layer + n * n * 16) / 1e9
-
-
 # -- convert-checkpoint ---------------------------------------------------------------------
 def add_convert_checkpoint(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("source", help="checkpoint to read (ours, or the DHE-VPR authors' layout)")
@@ -62,7 +55,7 @@ def run_model_info(args: argparse.Namespace) -> int:
                       f"{config.heads} heads, ff {config.ff_dim}"),
         ("backbone params", f"{sum(p.numel() for p in model.backbone.parameters()) / 1e6:.2f} M"),
         ("regressor params", f"{sum(p.numel() for p in model.regressor.parameters()) / 1e6:.2f} M"),
-        ("regressor GFLOP/pair", f"{regressor_gflop_per_pair(config):.2f}"),
+        ("regressor GFLOP/pair", f"{config.gflop_per_pair():.2f}"),
     ] + [(f"meta.{k}", str(v)) for k, v in meta.items()]
     width = max(len(k) for k, _ in rows)
     sys.stdout.write("".join(f"{k:<{width}}  {v}\n" for k, v in rows))

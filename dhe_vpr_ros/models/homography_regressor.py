@@ -33,6 +33,12 @@ class RegressorConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def gflop_per_pair(self) -> float:
+        """Multiply-adds x 2 of one forward pass for one pair (correlation excluded)."""
+        n = self.grid * self.grid  # tokens and token width
+        per_layer = n * (4 * n * n + 2 * n * self.ff_dim) + 2 * n * n * n
+        return 2 * ((self.layers + self.residual_layers) * per_layer + n * n * 16) / 1e9
+
 
 PRESETS: dict[str, RegressorConfig] = {
     # The paper's regressor (about 30 GFLOP per pair): for GPUs.
