@@ -1,0 +1,117 @@
+"""Map database on disk: real FAISS indexes, real memory-mapped files, real processes."""
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+
+from dhe_vpr_ros.mapdb import MapDatabase, MapError, ModelIdentity, Place
+
+IDENTITY = ModelIdentity("efficientnet_lite0", "abc123", 384, (8, 4, 4), 16)
+
+
+def _random_places(n, seed):
+    rng = np.random.default_rng(seed)
+    g = rng.standard_normal((n, 16)).astype(np.float32)
+    loc = rng.standard_normal((n, 8, 4, 4)).astype(np.float16)
+    return g, loc
+
+
+def _build(path, n=20, seed=0, index_type="flat"):
+    db = MapDatabase(IDENTITY, index_type)
+    g, loc = _random_places(n, seed)
+    places = [Place(0, source=f"img_{i}.jpg", timestamp_ns=1000 + i,
+                    pose={"frame_id": "map", "position": [i, 0, 0], "orientation": [0, 0, 0, 1]},
+                    utm=(500000.0 + i, 4e6)) for i in range(n)]
+    db.add(g, loc, places)
+    db.save(path)
+    return g, loc
+
+
+@pytest.mark.parametrize("index_type", ["flat", "hnsw"])
+def test_build_reopen_search_and_read_candidates(tmp_path, index_type):
+    g, loc = _build(tmp_path / "map", index_type=index_type)
+    db = MapDatabase.open(tmp_path / "map", expect=IDENTITY)
+    assert len(db) == 20
+    sims, ids = db.search(g[[3, 7]] * 5.0, k=4)  # scale does not matter: descriptors are normalised
+    assert ids[:, 0].tolist() == [3, 7]
+    assert np.allclose(sims[:, 0], 1.0, atol=1e-5)
+    assert (sims[:, 0] > sims[:, 1]).all()
+    assert np.array_equal(db.local_features([7, 3]), loc[[7, 3]])
+    assert db.places[7].source == "img_7.jpg" and db.places[7].timestamp_ns == 1007
+    assert db.places[7].pose["position"] == [7, 0, 0] and db.places[7].utm == (500007.0, 4e6)
+
+
+def test_append_keeps_old_ids_stable(tmp_path):
+    g, loc = _build(tmp_path / "map")
+    db = MapDatabase.open(tmp_path / "map", expect=IDENTITY)
+    g2, loc2 = _random_places(5, seed=1)
+    assert db.add(g2, loc2) == [20, 21, 22, 23, 24]
+    db.save(tmp_path / "map")
+    again = MapDatabase.open(tmp_path / "map", expect=IDENTITY)
+    assert len(again) == 25
+    assert np.array_equal(again.local_features([0, 19, 20, 24]), np.concatenate([loc[[0, 19]], loc2[[0, 4]]]))
+    assert again.search(g[[5]], 1)[1][0, 0] == 5 and again.search(g2[[2]], 1)[1][0, 0] == 22
+    assert again.places[5].source == "img_5.jpg"
+    assert not [p for p in (tmp_path).iterdir() if p.name.startswith(".map")]  # no temp dirs left
+
+
+def test_corruptions_raise_clear_errors(tmp_path):
+    _build(tmp_path / "map")
+    with pytest.raises(MapError, match="built with another model.*backbone"):
+        MapDatabase.open(tmp_path / "map", expect=ModelIdentity("cct14", "abc123", 384, (8, 4, 4), 16))
+    with pytest.raises(MapError, match="checkpoint_sha256"):
+        MapDatabase.open(tmp_path / "map", expect=ModelIdentity("efficientnet_lite0", "zzz", 384, (8, 4, 4), 16))
+    with pytest.raises(MapError, match="input_size"):
+        MapDatabase.open(tmp_path / "map", expect=ModelIdentity("efficientnet_lite0", "abc123", 320, (8, 4, 4), 16))
+    with pytest.raises(MapError, match="no map at"):
+        MapDatabase.open(tmp_path / "nothing")
+
+    def variant(name, mutate):
+        path = tmp_path / name
+        _build(path)
+        mutate(path)
+        return path
+
+    truncated = variant("truncated", lambda p: os.truncate(p / "local.f16", 100))
+    with pytest.raises(MapError, match="truncated or missing"):
+        MapDatabase.open(truncated)
+    no_index = variant("no_index", lambda p: (p / "global.faiss").unlink())
+    with pytest.raises(MapError, match="missing its global index"):
+        MapDatabase.open(no_index)
+
+    def newer(p):
+        manifest = (p / "manifest.json").read_text().replace('"version": 1', '"version": 7')
+        (p / "manifest.json").write_text(manifest)
+    with pytest.raises(MapError, match="newer than this"):
+        MapDatabase.open(variant("newer", newer))
+    corrupt = variant("corrupt_index", lambda p: (p / "global.faiss").write_bytes(b"garbage"))
+    with pytest.raises(MapError, match="global index is corrupt"):
+        MapDatabase.open(corrupt)
+
+
+def test_killed_save_leaves_previous_map_loadable(tmp_path):
+    """SIGKILL a real process while it writes a large new version over an existing map."""
+    _build(tmp_path / "map")
+    script = textwrap.dedent(f"""
+        import numpy as np
+        from dhe_vpr_ros.mapdb import MapDatabase, ModelIdentity
+        identity = ModelIdentity("efficientnet_lite0", "abc123", 384, (64, 24, 24), 16)
+        db = MapDatabase(identity)
+        for _ in range(40):  # ~300 MB of grids: long enough to be killed mid-write
+            db.add(np.random.rand(100, 16).astype("float32"), np.ones((100, 64, 24, 24), "float16"))
+        db.save({str(tmp_path / "map")!r})
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script])
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not any(p.name.startswith(".map.tmp-") for p in tmp_path.iterdir()):
+        assert proc.poll() is None, "the writer finished before it could be killed"
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    db = MapDatabase.open(tmp_path / "map", expect=IDENTITY)  # the old map, untouched
+    assert len(db) == 20 and db.places[3].source == "img_3.jpg"
