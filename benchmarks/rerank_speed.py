@@ -25,19 +25,21 @@ from dhe_vpr_ros.rerank import make_reranker
 from dhe_vpr_ros.synthetic import random_homographies, warped_feature_grids
 
 
+def elapsed_ms(fn, device: torch.device) -> float:
+    """Wall time of one call in ms, waiting for queued GPU work on both sides."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return (time.perf_counter() - start) * 1e3
+
+
 def timed(fn, device: torch.device, repeats: int) -> float:
     """Median wall time in ms after one warm-up call."""
     fn()
-    samples = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        samples.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(samples)
+    return statistics.median(elapsed_ms(fn, device) for _ in range(repeats))
 
 
 def matmul_gflops(device: torch.device, dtype: torch.dtype, repeats: int = 5) -> float:
@@ -47,14 +49,8 @@ def matmul_gflops(device: torch.device, dtype: torch.dtype, repeats: int = 5) ->
         a = torch.randn(n, n, device=device, dtype=dtype)
         b = torch.randn(n, n, device=device, dtype=dtype)
         (a @ b).sum().item()
-        for _ in range(repeats):
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-            a @ b
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            best = max(best, 2 * n ** 3 / (time.perf_counter() - start) / 1e9)
+        fastest_ms = min(elapsed_ms(lambda: a @ b, device) for _ in range(repeats))
+        best = max(best, 2 * n ** 3 / (fastest_ms / 1e3) / 1e9)
     return best
 
 

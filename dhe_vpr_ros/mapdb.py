@@ -19,7 +19,6 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import json
-import logging
 import os
 import shutil
 import tempfile
@@ -30,8 +29,6 @@ import faiss
 import numpy as np
 
 from .atomic import fsync_directory
-
-log = logging.getLogger(__name__)
 
 FORMAT = "dhe_vpr_ros.map"
 VERSION = 1
@@ -158,19 +155,18 @@ class MapDatabase:
         ids = np.asarray(ids, dtype=np.int64)
         stored = 0 if self._local is None else self._local.shape[0]
         out = np.empty((len(ids), *self.identity.local_shape), dtype=np.float16)
-        for row, pid in enumerate(ids):
-            if pid < stored:
-                out[row] = self._local[pid]
-            else:
-                out[row] = self._pending_row(pid - stored)
+        on_disk = ids < stored
+        if on_disk.any():
+            out[on_disk] = self._local[ids[on_disk]]
+        if not on_disk.all():
+            out[~on_disk] = self._pending()[ids[~on_disk] - stored]
         return out
 
-    def _pending_row(self, offset: int) -> np.ndarray:
-        for block in self._pending_local:
-            if offset < len(block):
-                return block[offset]
-            offset -= len(block)
-        raise IndexError("place id out of range")
+    def _pending(self) -> np.ndarray:
+        """Grids added since opening, as one array (the blocks are merged on first use)."""
+        if len(self._pending_local) > 1:
+            self._pending_local = [np.concatenate(self._pending_local)]
+        return self._pending_local[0]
 
     # -- persistence ----------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> None:
