@@ -9,6 +9,9 @@ CONSOLE_SCRIPTS = [
     "dhe_vpr_ros = dhe_vpr_ros.cli:main",
     "convert_checkpoint = dhe_vpr_ros.cli:convert_checkpoint_main",
     "model_info = dhe_vpr_ros.cli:model_info_main",
+    "build_map = dhe_vpr_ros.cli:build_map_main",
+    "query = dhe_vpr_ros.cli:query_main",
+    "evaluate = dhe_vpr_ros.cli:evaluate_main",
 ]
 
 setup(

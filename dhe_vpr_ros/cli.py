@@ -62,7 +62,57 @@ def run_model_info(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- query ----------------------------------------------------------------------------------
+def add_query(parser: argparse.ArgumentParser) -> None:
+    from .build_map import add_model_arguments
+    from .rerank import RERANKERS
+    parser.add_argument("images", nargs="+", metavar="IMAGE", help="query image file(s)")
+    parser.add_argument("--map", required=True, help="map directory (from build-map)")
+    parser.add_argument("--reranker", choices=RERANKERS, default="dhe")
+    parser.add_argument("--top-k", type=int, default=32, help="candidates retrieved and re-ranked")
+    parser.add_argument("--show", type=int, default=5, help="rows printed per image (table mode)")
+    parser.add_argument("--json", action="store_true", help="print one JSON list per image instead")
+    add_model_arguments(parser)
+
+
+def run_query(args: argparse.Namespace) -> int:
+    import json
+
+    from .image_conversion import read_image
+    from .localizer import Localizer, model_identity
+    from .mapdb import MapDatabase
+    from .runtime import load_model, resolve_device
+    device = resolve_device(args.device)
+    model, _ = load_model(args.checkpoint, args.backbone, device)
+    database = MapDatabase.open(args.map, expect=model_identity(model))
+    localizer = Localizer(model, database, device, args.reranker, args.top_k)
+    for path in args.images:
+        result = localizer.query(read_image(path))
+        if args.json:
+            sys.stdout.write(json.dumps([c.to_json() for c in result.candidates]) + "\n")
+            continue
+        sys.stdout.write(f"{path}  ({', '.join(f'{k} {v:.1f} ms' for k, v in result.timings_ms.items())})\n")
+        sys.stdout.write(f"  {'rank':>4} {'place':>7} {'score':>8} {'global':>7}  source\n")
+        for rank, cand in enumerate(result.candidates[:args.show], 1):
+            sys.stdout.write(f"  {rank:>4} {cand.place_id:>7} {cand.score:>8.3f} "
+                             f"{cand.global_similarity:>7.3f}  {cand.place.source}\n")
+    return 0
+
+
+def _lazy(module: str, attr: str) -> Callable:
+    """Resolve a command's function on use, so ``--help`` and unrelated commands stay fast."""
+    def call(*args):
+        import importlib
+        return getattr(importlib.import_module(f"dhe_vpr_ros.{module}"), attr)(*args)
+    return call
+
+
 COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
+    "build-map": ("embed images (folder, geo-localisation split, rosbag2) into a map",
+                  _lazy("build_map", "add_arguments"), _lazy("build_map", "run")),
+    "query": ("rank map places for query images", add_query, run_query),
+    "evaluate": ("Recall@N of none/ransac/dhe re-ranking on a geo-localisation split",
+                 _lazy("evaluate", "add_arguments"), _lazy("evaluate", "run")),
     "convert-checkpoint": ("convert a DHE-VPR author checkpoint to ours", add_convert_checkpoint,
                            run_convert_checkpoint),
     "info": ("describe a model or checkpoint", add_model_info, run_model_info),
@@ -81,10 +131,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _setup_logging(args.verbose)
+    from .mapdb import MapError
     from .models import CheckpointError
     try:
         return COMMANDS[args.command][2](args)
-    except (CheckpointError, FileNotFoundError, ValueError) as exc:
+    except (CheckpointError, MapError, FileNotFoundError, ValueError) as exc:
         log.error("%s", exc)
         return 2
     except KeyboardInterrupt:
@@ -103,3 +154,6 @@ def _entry(command: str) -> Callable[[], int]:
 
 convert_checkpoint_main = _entry("convert-checkpoint")
 model_info_main = _entry("info")
+build_map_main = _entry("build-map")
+query_main = _entry("query")
+evaluate_main = _entry("evaluate")

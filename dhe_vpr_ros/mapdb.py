@@ -41,44 +41,53 @@ class MapError(RuntimeError):
 
 @dataclass(frozen=True)
 class ModelIdentity:
-    """What must match between a map and the model that queries it."""
+    """What must match between a map and the model that queries it.
+
+    ``weights_sha256`` hashes the backbone's weights, not the checkpoint file: the stored
+    features depend only on them, so a checkpoint that retrains just the homography regressor
+    can query a map built before it, while any change to the backbone is caught.
+    """
 
     backbone: str
-    checkpoint_sha256: str
+    weights_sha256: str
     input_size: int
     local_shape: tuple[int, int, int]  # (C, H, W)
     global_dim: int
 
     def to_dict(self) -> dict:
-        return {"backbone": self.backbone, "checkpoint_sha256": self.checkpoint_sha256,
+        return {"backbone": self.backbone, "weights_sha256": self.weights_sha256,
                 "input_size": self.input_size, "local_shape": list(self.local_shape),
                 "global_dim": self.global_dim}
 
     @classmethod
     def from_dict(cls, data: dict) -> "ModelIdentity":
-        return cls(data["backbone"], data["checkpoint_sha256"], int(data["input_size"]),
+        return cls(data["backbone"], data["weights_sha256"], int(data["input_size"]),
                    tuple(int(v) for v in data["local_shape"]), int(data["global_dim"]))
 
 
 @dataclass
 class Place:
-    """Metadata of one map place. ``pose``: {frame_id, position [x,y,z], orientation [x,y,z,w]}."""
+    """Metadata of one map place. ``pose``: {frame_id, position [x,y,z], orientation [x,y,z,w]};
+    ``image_size``: (width, height) of the original image, so homographies come out in its pixels."""
 
     place_id: int
     source: str = ""
     timestamp_ns: int | None = None
     pose: dict | None = None
     utm: tuple[float, float] | None = None
+    image_size: tuple[int, int] | None = None
 
     def to_dict(self) -> dict:
         return {"place_id": self.place_id, "source": self.source, "timestamp_ns": self.timestamp_ns,
-                "pose": self.pose, "utm": list(self.utm) if self.utm is not None else None}
+                "pose": self.pose, "utm": list(self.utm) if self.utm is not None else None,
+                "image_size": list(self.image_size) if self.image_size is not None else None}
 
     @classmethod
     def from_dict(cls, data: dict) -> "Place":
-        utm = data.get("utm")
+        utm, size = data.get("utm"), data.get("image_size")
         return cls(int(data["place_id"]), data.get("source", ""), data.get("timestamp_ns"),
-                   data.get("pose"), tuple(utm) if utm is not None else None)
+                   data.get("pose"), tuple(utm) if utm is not None else None,
+                   tuple(size) if size is not None else None)
 
 
 def _make_index(dim: int, index_type: str):
@@ -114,6 +123,7 @@ class MapDatabase:
     identity: ModelIdentity
     index_type: str = "flat"
     places: list[Place] = field(default_factory=list)
+    build_info: dict = field(default_factory=dict)  # e.g. the checkpoint path and file hash
     _index: object = None
     _local: np.ndarray | None = None  # memmap when opened from disk
     _pending_local: list[np.ndarray] = field(default_factory=list)
@@ -144,11 +154,30 @@ class MapDatabase:
         self.places.extend(places)
         return ids
 
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k by inner product of L2-normalised descriptors: (similarities (Q, k), ids (Q, k))."""
+    def search(self, queries: np.ndarray, k: int,
+               exclude_ids: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k by inner product of L2-normalised descriptors: (similarities (Q, k), ids (Q, k)).
+
+        ``exclude_ids`` are skipped inside FAISS (e.g. places too recent to count as a loop);
+        rows are padded with id -1 when fewer than k places are eligible.
+        """
         q = np.ascontiguousarray(queries, dtype=np.float32).reshape(-1, self.identity.global_dim)
         faiss.normalize_L2(q)
-        return self._index.search(q, min(k, len(self)))
+        k = min(k, len(self))
+        if k == 0:
+            return np.zeros((q.shape[0], 0), np.float32), np.zeros((q.shape[0], 0), np.int64)
+        if exclude_ids is None or len(exclude_ids) == 0:
+            return self._index.search(q, k)
+        excluded = np.ascontiguousarray(exclude_ids, dtype=np.int64)
+        selector = faiss.IDSelectorNot(faiss.IDSelectorBatch(len(excluded), faiss.swig_ptr(excluded)))
+        params = (faiss.SearchParametersHNSW(sel=selector) if self.index_type == "hnsw"
+                  else faiss.SearchParameters(sel=selector))
+        return self._index.search(q, k, params=params)
+
+    def timestamps_ns(self) -> np.ndarray:
+        """(N,) place stamps in ns, -1 where unknown (for time-gap filtering)."""
+        return np.array([p.timestamp_ns if p.timestamp_ns is not None else -1 for p in self.places],
+                        dtype=np.int64)
 
     def local_features(self, ids) -> np.ndarray:
         """float16 (K, C, H, W) grids of the given places; reads only those rows."""
@@ -191,7 +220,7 @@ class MapDatabase:
                 for place in self.places:
                     handle.write(json.dumps(place.to_dict()) + "\n")
             manifest = {"format": FORMAT, "version": VERSION, "model": self.identity.to_dict(),
-                        "num_places": len(self), "index": self.index_type}
+                        "num_places": len(self), "index": self.index_type, "build": self.build_info}
             (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
             for name in (GLOBAL_INDEX, LOCAL_GRIDS, PLACES, MANIFEST):
                 _fsync_file(tmp / name)
@@ -230,8 +259,9 @@ class MapDatabase:
         if expect is not None and identity != expect:
             diffs = [f"{k}: map {v!r} vs model {expect.to_dict()[k]!r}"
                      for k, v in identity.to_dict().items() if v != expect.to_dict()[k]]
+            built_with = manifest.get("build", {}).get("checkpoint") or "ImageNet backbone, no checkpoint"
             raise MapError(f"map {path} was built with another model ({'; '.join(diffs)}); "
-                           "rebuild the map or load the matching checkpoint")
+                           f"rebuild the map or load the checkpoint it was built with ({built_with})")
         num = int(manifest["num_places"])
         if not (path / GLOBAL_INDEX).is_file():
             raise MapError(f"map {path} is missing its global index {GLOBAL_INDEX}")
@@ -256,4 +286,5 @@ class MapDatabase:
             raise MapError(f"map {path}: {len(places)} place records for {num} places")
         local = (np.memmap(local_file, dtype=np.float16, mode="r", shape=(num, *identity.local_shape))
                  if num else None)
-        return cls(identity, manifest.get("index", "flat"), places, index, local)
+        return cls(identity, manifest.get("index", "flat"), places, dict(manifest.get("build", {})),
+                   index, local)

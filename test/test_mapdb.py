@@ -64,7 +64,7 @@ def test_corruptions_raise_clear_errors(tmp_path):
     _build(tmp_path / "map")
     with pytest.raises(MapError, match="built with another model.*backbone"):
         MapDatabase.open(tmp_path / "map", expect=ModelIdentity("cct14", "abc123", 384, (8, 4, 4), 16))
-    with pytest.raises(MapError, match="checkpoint_sha256"):
+    with pytest.raises(MapError, match="weights_sha256"):
         MapDatabase.open(tmp_path / "map", expect=ModelIdentity("efficientnet_lite0", "zzz", 384, (8, 4, 4), 16))
     with pytest.raises(MapError, match="input_size"):
         MapDatabase.open(tmp_path / "map", expect=ModelIdentity("efficientnet_lite0", "abc123", 320, (8, 4, 4), 16))

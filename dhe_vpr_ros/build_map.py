@@ -1,0 +1,117 @@
+"""``build-map``: embed images from a folder, a geo-localisation split or a rosbag2 into a map.
+
+Appending keeps existing place ids. The map on disk is replaced atomically at the end, so an
+interrupted build leaves the previous map as it was.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+from typing import Iterable
+
+from tqdm import tqdm
+
+from .datasets import Frame, bag_frames, folder_frames, geo_split
+from .image_conversion import ImageConversionError
+from .localizer import Localizer, model_identity
+from .mapdb import MapDatabase, MapError, Place
+from .runtime import load_model, resolve_device
+
+log = logging.getLogger(__name__)
+
+
+def add_frames(localizer: Localizer, frames: Iterable[Frame], batch_size: int = 16,
+               total: int | None = None, desc: str = "embedding") -> list[int]:
+    """Embed frames in batches and append them to the localizer's map; unreadable images are
+    logged and skipped. Returns the new place ids."""
+    ids: list[int] = []
+    batch_images, batch_places = [], []
+
+    def flush():
+        if batch_images:
+            ids.extend(localizer.add_images(batch_images, batch_places))
+            batch_images.clear()
+            batch_places.clear()
+
+    for frame in tqdm(frames, total=total, desc=desc, unit="img", disable=None):
+        try:
+            image = frame.load()
+        except (ImageConversionError, FileNotFoundError) as exc:
+            log.warning("skipped %s: %s", frame.source, exc)
+            continue
+        batch_images.append(image)
+        batch_places.append(Place(-1, frame.source, frame.timestamp_ns, frame.pose, frame.utm))
+        if len(batch_images) >= batch_size:
+            flush()
+    flush()
+    return ids
+
+
+def open_for_writing(path: str | Path, model, build_info: dict, append: bool = False,
+                     overwrite: bool = False, index_type: str = "flat") -> MapDatabase:
+    """An existing map to append to (checked against the model) or a new empty one."""
+    path = Path(path)
+    exists = (path / "manifest.json").exists()
+    if exists and append:
+        return MapDatabase.open(path, expect=model_identity(model))
+    if exists and not overwrite:
+        raise MapError(f"a map already exists at {path}; pass --append to add to it or "
+                       "--overwrite to replace it")
+    if path.exists() and not exists and any(path.iterdir()):
+        raise MapError(f"{path} exists and is not a map; choose an empty or new directory")
+    return MapDatabase(model_identity(model), index_type, build_info=dict(build_info))
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--output", "-o", required=True, help="map directory to write")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--images", help="folder of images (searched recursively, sorted by name)")
+    source.add_argument("--geo-split", help="geo-localisation split: DIR/database/ with "
+                        "@utm_east@utm_north@...@.jpg names (UTM stored per place)")
+    source.add_argument("--bag", help="rosbag2 recording (directory, .db3 or .mcap)")
+    parser.add_argument("--topic", help="with --bag: Image or CompressedImage topic")
+    parser.add_argument("--pose-topic", help="with --bag: nav_msgs/Odometry or geometry_msgs/PoseStamped")
+    parser.add_argument("--min-interval-sec", type=float, default=0.0, help="with --bag: keep a frame "
+                        "only this long after the last kept one")
+    parser.add_argument("--min-distance-m", type=float, default=0.0, help="with --bag and --pose-topic: "
+                        "keep a frame only this far from the last kept one")
+    parser.add_argument("--append", action="store_true", help="add to an existing map (ids kept)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing map")
+    parser.add_argument("--index", choices=("flat", "hnsw"), default="flat",
+                        help="global index: exact (flat) or approximate HNSW for very large maps")
+    add_model_arguments(parser)
+    parser.add_argument("--batch-size", type=int, default=16)
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", help="model checkpoint (default: the shipped model)")
+    parser.add_argument("--backbone", help="without --checkpoint: backbone name")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (cuda falls back to cpu)")
+
+
+def frames_from_args(args: argparse.Namespace) -> tuple[Iterable[Frame], int | None]:
+    if args.images:
+        frames = folder_frames(args.images)
+        return frames, len(frames)
+    if args.geo_split:
+        frames = folder_frames(geo_split(args.geo_split, "database"), with_utm=True)
+        return frames, len(frames)
+    if not args.topic:
+        raise ValueError("--bag needs --topic (the camera's Image or CompressedImage topic)")
+    return bag_frames(args.bag, args.topic, args.pose_topic, args.min_interval_sec, args.min_distance_m), None
+
+
+def run(args: argparse.Namespace) -> int:
+    device = resolve_device(args.device)
+    frames, total = frames_from_args(args)
+    model, build_info = load_model(args.checkpoint, args.backbone, device)
+    database = open_for_writing(args.output, model, build_info, args.append, args.overwrite, args.index)
+    before = len(database)
+    localizer = Localizer(model, database, device, reranker="none")
+    ids = add_frames(localizer, frames, args.batch_size, total)
+    if not ids:
+        raise ValueError("no usable images were found; nothing written")
+    database.save(args.output)
+    log.info("map %s: %d places (%d new, ids %d..%d)", args.output, len(database), len(ids), before, ids[-1])
+    return 0

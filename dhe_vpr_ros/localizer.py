@@ -1,0 +1,210 @@
+"""The query API: images in, ranked map places with homographies out.
+
+``Localizer`` ties a model, a map and the re-rankers together. It is what ``query``,
+``evaluate``, ``build-map`` and the ROS node call; none of them touch tensors themselves.
+
+Frames: the network sees every image resized to ``input_size`` squared. Homographies are
+returned between the ORIGINAL images (query pixels -> map image pixels), using the original
+sizes stored with each place.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import cv2
+import numpy as np
+import torch
+
+from .geometry import scale_homography
+from .mapdb import MapDatabase, ModelIdentity, Place
+from .matching import Matches, grid_keypoints, reprojection_errors
+from .models import VPRModel
+from .rerank import RERANKERS, Reranker, make_reranker
+
+log = logging.getLogger(__name__)
+
+
+def model_identity(model: VPRModel) -> ModelIdentity:
+    """The identity a map built with this model records (hash of the backbone weights)."""
+    cached = getattr(model, "_identity", None)
+    if cached is not None:
+        return cached
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.backbone.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    bb = model.backbone
+    identity = ModelIdentity(bb.name, digest.hexdigest(), bb.input_size,
+                             (bb.local_dim, bb.grid_size, bb.grid_size), bb.global_dim)
+    object.__setattr__(model, "_identity", identity)
+    return identity
+
+
+def prepare(images: Sequence[np.ndarray], model: VPRModel, device: torch.device) -> torch.Tensor:
+    """RGB uint8 images of any size -> normalised (B, 3, S, S) network input."""
+    size = model.backbone.input_size
+    batch = np.stack([cv2.resize(np.ascontiguousarray(img), (size, size), interpolation=cv2.INTER_AREA)
+                      for img in images])
+    tensor = torch.from_numpy(batch).to(device).permute(0, 3, 1, 2).float().div_(255.0)
+    mean = torch.tensor(model.backbone.mean, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(model.backbone.std, device=device).view(1, 3, 1, 1)
+    return (tensor - mean) / std
+
+
+def image_size(image: np.ndarray) -> tuple[int, int]:
+    return int(image.shape[1]), int(image.shape[0])
+
+
+@dataclass
+class Candidate:
+    """One ranked map place. ``homography`` maps query pixels to map-image pixels."""
+
+    place: Place
+    score: float
+    global_similarity: float
+    homography: np.ndarray
+
+    @property
+    def place_id(self) -> int:
+        return self.place.place_id
+
+    def to_json(self) -> dict:
+        return {"place_id": self.place.place_id, "source": self.place.source, "score": self.score,
+                "global_similarity": self.global_similarity,
+                "homography": [[float(v) for v in row] for row in self.homography],
+                "timestamp_ns": self.place.timestamp_ns, "pose": self.place.pose}
+
+
+@dataclass
+class QueryResult:
+    """Candidates best first; timings in ms; for the best candidate, its inlier matches as
+    (N, 2, 2) [[query x, y], [map x, y]] in original pixels (empty for re-ranker 'none')."""
+
+    candidates: list[Candidate]
+    timings_ms: dict = field(default_factory=dict)
+    inliers: np.ndarray = field(default_factory=lambda: np.zeros((0, 2, 2), np.float32))
+
+    @property
+    def best(self) -> Candidate | None:
+        return self.candidates[0] if self.candidates else None
+
+
+def clock(device: torch.device) -> float:
+    """perf_counter after the device's queued work, so timings are real on a GPU too."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
+class Localizer:
+    """Embed, retrieve top-K by global similarity, re-rank, and report in original pixels."""
+
+    def __init__(self, model: VPRModel, database: MapDatabase, device: torch.device | str = "cpu",
+                 reranker: str = "dhe", top_k: int = 32):
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.database = database
+        self.top_k = top_k
+        self.default_reranker = reranker
+        self._rerankers: dict[str, Reranker] = {}
+        self.reranker(reranker)  # fail early on a bad name
+
+    def reranker(self, name: str) -> Reranker:
+        if name not in self._rerankers:
+            if name not in RERANKERS:
+                raise ValueError(f"unknown re-ranker {name!r}; choose from {', '.join(RERANKERS)}")
+            self._rerankers[name] = make_reranker(name, self.model, stride=self.model.backbone.stride)
+        return self._rerankers[name]
+
+    # -- embedding -------------------------------------------------------------------------
+    @torch.no_grad()
+    def embed(self, images: Sequence[np.ndarray]) -> tuple[torch.Tensor, np.ndarray]:
+        """RGB images -> (local grids (B, C, H, W) on the device, global descriptors (B, D))."""
+        features = self.model.embed(prepare(images, self.model, self.device))
+        return features.local, features.global_.float().cpu().numpy()
+
+    def add_images(self, images: Sequence[np.ndarray], places: Sequence[Place]) -> list[int]:
+        """Embed images and append them as places (their original sizes are recorded)."""
+        local, global_ = self.embed(images)
+        for place, img in zip(places, images):
+            place.image_size = image_size(img)
+        return self.database.add(global_, local.half().cpu().numpy(), list(places))
+
+    # -- querying --------------------------------------------------------------------------
+    def query(self, image: np.ndarray, reranker: str | None = None, top_k: int | None = None,
+              exclude_ids: np.ndarray | None = None) -> QueryResult:
+        """One RGB image -> ranked candidates (see ``rank``)."""
+        start = clock(self.device)
+        local, global_ = self.embed([image])
+        embed_ms = (clock(self.device) - start) * 1e3
+        result = self.rank(local[0], global_[0], image_size(image), reranker, top_k, exclude_ids)
+        result.timings_ms = {"embed": embed_ms, **result.timings_ms}
+        return result
+
+    def retrieve(self, global_descriptor: np.ndarray, k: int,
+                 exclude_ids: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        sims, ids = self.database.search(global_descriptor[None], k, exclude_ids=exclude_ids)
+        keep = ids[0] >= 0  # FAISS pads with -1 when fewer than k places are eligible
+        return sims[0][keep], ids[0][keep]
+
+    @torch.no_grad()
+    def rank(self, query_local: torch.Tensor, query_global: np.ndarray, query_size: tuple[int, int],
+             reranker: str | None = None, top_k: int | None = None,
+             exclude_ids: np.ndarray | None = None, retrieved: tuple | None = None) -> QueryResult:
+        """Embedded query -> top-K by global similarity -> re-ranked candidates.
+
+        Only the K candidates' grids are read from the map. ``retrieved`` passes a precomputed
+        (similarities, ids) so that several re-rankers can share one retrieval.
+        """
+        name = reranker or self.default_reranker
+        k = top_k or self.top_k
+        start = clock(self.device)
+        sims, ids = retrieved if retrieved is not None else self.retrieve(query_global, k, exclude_ids)
+        sims, ids = sims[:k], ids[:k]
+        retrieve_ms = (clock(self.device) - start) * 1e3
+        if len(ids) == 0:
+            return QueryResult([], {"retrieve": retrieve_ms, "rerank": 0.0})
+        start = clock(self.device)
+        cand_local = torch.from_numpy(self.database.local_features(ids)).to(self.device).float()
+        query_local = query_local.float()
+        rer = self.reranker(name)
+        result = rer(query_local, cand_local, torch.from_numpy(sims).to(self.device))
+        order = result.order.cpu().numpy()
+        scores = result.scores.float().cpu()
+        homographies = self._to_original_pixels(result.homographies.double().cpu(), ids, query_size)
+        inliers = self._best_inliers(result, rer, int(order[0]), ids, query_size, query_local)
+        rerank_ms = (clock(self.device) - start) * 1e3
+        places = self.database.places
+        candidates = [Candidate(places[int(ids[i])], float(scores[i]), float(sims[i]), homographies[i])
+                      for i in order]
+        return QueryResult(candidates, {"retrieve": retrieve_ms, "rerank": rerank_ms}, inliers)
+
+    def _frame_scales(self, ids, query_size):
+        frame = float(self.model.backbone.input_size)
+        q_scale = (query_size[0] / frame, query_size[1] / frame)
+        places = self.database.places
+        m_scales = [(s[0] / frame, s[1] / frame) if (s := places[int(i)].image_size) else (1.0, 1.0)
+                    for i in ids]
+        return q_scale, m_scales
+
+    def _to_original_pixels(self, homographies: torch.Tensor, ids, query_size) -> np.ndarray:
+        q_scale, m_scales = self._frame_scales(ids, query_size)
+        return np.stack([scale_homography(h, q_scale, m).numpy() for h, m in zip(homographies, m_scales)])
+
+    def _best_inliers(self, result, rer, best: int, ids, query_size, query_local) -> np.ndarray:
+        if result.matches is None:
+            return np.zeros((0, 2, 2), np.float32)
+        h, w = query_local.shape[-2:]
+        kps = grid_keypoints(h, w, self.model.backbone.stride, device=self.device)
+        one = Matches(result.matches.partner[best:best + 1], result.matches.valid[best:best + 1])
+        errors = reprojection_errors(result.homographies[best:best + 1].float(), kps, kps, one)[0]
+        keep = torch.nonzero(errors < rer.threshold_px).flatten()
+        pairs = torch.stack([kps[keep], kps[one.partner[0, keep]]], dim=1).cpu().numpy()
+        q_scale, m_scales = self._frame_scales(ids[best:best + 1], query_size)
+        pairs[:, 0] *= np.asarray(q_scale, np.float32)
+        pairs[:, 1] *= np.asarray(m_scales[0], np.float32)
+        return pairs

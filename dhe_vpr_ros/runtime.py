@@ -1,0 +1,56 @@
+"""Choosing the device and the model for a command or the node, in one place."""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import torch
+
+from .models import VPRModel, build_model, load_checkpoint
+from .models.checkpoint import file_sha256
+
+log = logging.getLogger(__name__)
+
+
+def resolve_device(name: str | None, logger=None) -> torch.device:
+    """'cuda' without a usable GPU falls back to the CPU with a warning instead of failing."""
+    logger = logger or log
+    name = (name or "cpu").strip() or "cpu"
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise ValueError(f"unknown device {name!r}; use cpu, cuda or cuda:N") from exc
+    if device.type == "cuda" and not torch.cuda.is_available():
+        logger.warning("device %r requested but CUDA is not available; running on the CPU", name)
+        return torch.device("cpu")
+    return device
+
+
+def default_checkpoint() -> Path | None:
+    """The checkpoint shipped inside the package, if this installation has one."""
+    path = Path(__file__).resolve().parent / "data" / "default_model.pt"
+    return path if path.is_file() else None
+
+
+def load_model(checkpoint: str | os.PathLike | None = None, backbone: str | None = None,
+               device: torch.device | str = "cpu", logger=None) -> tuple[VPRModel, dict]:
+    """The model for a command: ``checkpoint`` if given, else the shipped default, else the
+    backbone's ImageNet weights with an untrained regressor (DHE scores are then meaningless,
+    which the log says). Returns (model in eval mode on ``device``, build info for the map)."""
+    logger = logger or log
+    if checkpoint:
+        model, _ = load_checkpoint(checkpoint, expect_backbone=backbone or None, device=device)
+        return model, {"checkpoint": str(checkpoint), "checkpoint_sha256": file_sha256(checkpoint)}
+    shipped = default_checkpoint()
+    if shipped is not None:
+        model, _ = load_checkpoint(shipped, device=device)
+        if not backbone or model.backbone.name == backbone:
+            logger.info("no checkpoint given: using the shipped default model (%s)", shipped.name)
+            return model, {"checkpoint": f"default:{shipped.name}", "checkpoint_sha256": file_sha256(shipped)}
+    name = backbone or "efficientnet_lite0"
+    logger.warning("no checkpoint given: %s with ImageNet weights and an UNTRAINED homography "
+                   "regressor; DHE re-ranking needs a trained checkpoint", name)
+    model = build_model(name, pretrained=True).to(device).eval()
+    return model, {"checkpoint": None, "checkpoint_sha256": None}
+
