@@ -54,13 +54,16 @@ def open_for_writing(path: str | Path, model, build_info: dict, append: bool = F
     path = Path(path)
     exists = (path / "manifest.json").exists()
     if exists and append:
-        return MapDatabase.open(path, expect=model_identity(model))
+        database = MapDatabase.open(path, expect=model_identity(model))
+        database.spill_dir = str(path.resolve().parent)
+        return database
     if exists and not overwrite:
         raise MapError(f"a map already exists at {path}; pass --append to add to it or "
                        "--overwrite to replace it")
     if path.exists() and not exists and any(path.iterdir()):
         raise MapError(f"{path} exists and is not a map; choose an empty or new directory")
-    return MapDatabase(model_identity(model), index_type, build_info=dict(build_info))
+    return MapDatabase(model_identity(model), index_type, build_info=dict(build_info),
+                       spill_dir=str(path.resolve().parent))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -6,8 +6,9 @@ Layout of ``MAP/``::
                     feature shapes, number of places, index type
     global.faiss    FAISS index of L2-normalised global descriptors (inner product);
                     the FAISS row is the place id
-    local.f16       float16 (N, C, H, W) local grids, memory-mapped: a query reads only the
-                    K candidates' rows, so a large map does not have to fit in RAM
+    local.f16       float16 (N, C, H, W) local grids, raw (memory-mappable; np.memmap reads
+                    it): a query reads only the K candidates' rows, so a large map does not
+                    have to fit in RAM
     places.jsonl    one JSON object per place: place_id, source, timestamp_ns, pose, utm
 
 Writes never corrupt a map: a new version is written into a temporary sibling directory,
@@ -16,6 +17,7 @@ everything it can and raises ``MapError`` naming the problem instead of returnin
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import json
@@ -116,6 +118,76 @@ def _fsync_file(path: Path) -> None:
         os.fsync(handle.fileno())
 
 
+def _read_rows(fd: int, index: np.ndarray, row_shape: tuple[int, int, int]) -> np.ndarray:
+    """Rows ``index`` of a raw float16 (N, *row_shape) file, one pread each.
+
+    pread rather than a memory map: reading K rows then costs K rows of I/O and no more,
+    whereas mapped pages are counted in the process's resident memory (the kernel maps file
+    pages in 2 MB folios) and a long-running node would appear to grow without bound.
+    """
+    row_bytes = int(np.prod(row_shape)) * 2
+    out = np.empty((len(index), *row_shape), dtype=np.float16)
+    view = out.reshape(len(index), -1).view(np.uint8)
+    for j, row in enumerate(np.asarray(index, dtype=np.int64)):
+        got = os.preadv(fd, [view[j]], int(row) * row_bytes)
+        if got != row_bytes:
+            raise MapError(f"short read of map row {row} ({got} of {row_bytes} bytes): file truncated?")
+    return out
+
+
+class _GridFile:
+    """Read-only access to the stored local grids (local.f16)."""
+
+    def __init__(self, path: Path, count: int, row_shape: tuple[int, int, int]):
+        self.path, self.count, self.row_shape = Path(path), count, row_shape
+        self.fd = os.open(path, os.O_RDONLY)
+
+    def rows(self, index: np.ndarray) -> np.ndarray:
+        return _read_rows(self.fd, index, self.row_shape)
+
+    def __del__(self):
+        with contextlib.suppress(Exception):
+            os.close(self.fd)
+
+
+class _SpillFile:
+    """Grids added since the map was opened, appended to an unlinked-on-close temp file, so
+    building a large map needs disk, not RAM. Rows are read back with pread."""
+
+    def __init__(self, shape: tuple[int, int, int], directory: str | None):
+        self.row_shape = shape
+        fd, self.path = tempfile.mkstemp(prefix=".grids-", suffix=".spill", dir=directory)
+        self.handle = os.fdopen(fd, "w+b")
+        self.count = 0
+
+    def append(self, grids: np.ndarray) -> None:
+        self.handle.write(np.ascontiguousarray(grids, dtype=np.float16).tobytes())
+        self.handle.flush()
+        self.count += grids.shape[0]
+
+    def rows(self, index: np.ndarray) -> np.ndarray:
+        return _read_rows(self.handle.fileno(), index, self.row_shape)
+
+    def link_to(self, path: Path) -> bool:
+        """Give the spilled rows a second name (no copy; the spill name goes on close()).
+        False where a hard link is impossible (another filesystem), then the caller copies."""
+        self.handle.flush()
+        try:
+            os.link(self.path, path)
+        except OSError:
+            return False
+        return True
+
+    def close(self) -> None:
+        self.handle.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
+
+    def __del__(self):
+        with contextlib.suppress(Exception):
+            self.close()
+
+
 @dataclass
 class MapDatabase:
     """An opened (or in-memory, growing) map. Place ids are rows: 0..N-1, stable on append."""
@@ -125,8 +197,9 @@ class MapDatabase:
     places: list[Place] = field(default_factory=list)
     build_info: dict = field(default_factory=dict)  # e.g. the checkpoint path and file hash
     _index: object = None
-    _local: np.ndarray | None = None  # memmap when opened from disk
-    _pending_local: list[np.ndarray] = field(default_factory=list)
+    _local: _GridFile | None = None  # the stored grids when opened from disk
+    spill_dir: str | None = None  # where grids added since opening wait (default: system temp)
+    _spill: "_SpillFile | None" = None
 
     def __post_init__(self):
         if self._index is None:
@@ -150,7 +223,9 @@ class MapDatabase:
         for pid, place in zip(ids, places):
             place.place_id = pid
         self._index.add(g)
-        self._pending_local.append(loc.astype(np.float16))
+        if self._spill is None:
+            self._spill = _SpillFile(self.identity.local_shape, self.spill_dir)
+        self._spill.append(loc)
         self.places.extend(places)
         return ids
 
@@ -182,20 +257,14 @@ class MapDatabase:
     def local_features(self, ids) -> np.ndarray:
         """float16 (K, C, H, W) grids of the given places; reads only those rows."""
         ids = np.asarray(ids, dtype=np.int64)
-        stored = 0 if self._local is None else self._local.shape[0]
+        stored = 0 if self._local is None else self._local.count
         out = np.empty((len(ids), *self.identity.local_shape), dtype=np.float16)
         on_disk = ids < stored
         if on_disk.any():
-            out[on_disk] = self._local[ids[on_disk]]
+            out[on_disk] = self._local.rows(ids[on_disk])
         if not on_disk.all():
-            out[~on_disk] = self._pending()[ids[~on_disk] - stored]
+            out[~on_disk] = self._spill.rows(ids[~on_disk] - stored)
         return out
-
-    def _pending(self) -> np.ndarray:
-        """Grids added since opening, as one array (the blocks are merged on first use)."""
-        if len(self._pending_local) > 1:
-            self._pending_local = [np.concatenate(self._pending_local)]
-        return self._pending_local[0]
 
     # -- persistence ----------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> None:
@@ -205,17 +274,9 @@ class MapDatabase:
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
         try:
             faiss.write_index(self._index, str(tmp / GLOBAL_INDEX))
-            shape = (len(self), *self.identity.local_shape)
-            # a raw float16 file; its shape lives in the manifest
-            out = np.memmap(tmp / LOCAL_GRIDS, dtype=np.float16, mode="w+", shape=shape) if len(self) else None
-            if out is not None:
-                for start in range(0, len(self), 256):
-                    ids = np.arange(start, min(start + 256, len(self)))
-                    out[start:start + len(ids)] = self.local_features(ids)
-                out.flush()
-                del out
-            else:
-                (tmp / LOCAL_GRIDS).write_bytes(b"")
+            # a new map: the spilled grids already are the file; otherwise copy old + new rows
+            if not (self._local is None and self._spill is not None and self._spill.link_to(tmp / LOCAL_GRIDS)):
+                self._write_local(tmp / LOCAL_GRIDS)
             with open(tmp / PLACES, "w") as handle:
                 for place in self.places:
                     handle.write(json.dumps(place.to_dict()) + "\n")
@@ -239,6 +300,16 @@ class MapDatabase:
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
+        # from now on this object reads the saved files, and spilled rows are released
+        self._local = _GridFile(target / LOCAL_GRIDS, len(self), self.identity.local_shape) if len(self) else None
+        if self._spill is not None:
+            self._spill.close()
+            self._spill = None
+
+    def _write_local(self, path: Path) -> None:
+        with open(path, "wb") as out:
+            for start in range(0, len(self), 256):
+                out.write(self.local_features(np.arange(start, min(start + 256, len(self)))).tobytes())
 
     @classmethod
     def open(cls, path: str | os.PathLike, expect: ModelIdentity | None = None) -> "MapDatabase":
@@ -284,7 +355,6 @@ class MapDatabase:
             raise MapError(f"map {path}: place metadata {PLACES} is unreadable ({exc})") from exc
         if len(places) != num:
             raise MapError(f"map {path}: {len(places)} place records for {num} places")
-        local = (np.memmap(local_file, dtype=np.float16, mode="r", shape=(num, *identity.local_shape))
-                 if num else None)
+        local = _GridFile(local_file, num, identity.local_shape) if num else None
         return cls(identity, manifest.get("index", "flat"), places, dict(manifest.get("build", {})),
                    index, local)
