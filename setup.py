@@ -12,6 +12,8 @@ CONSOLE_SCRIPTS = [
     "build_map = dhe_vpr_ros.cli:build_map_main",
     "query = dhe_vpr_ros.cli:query_main",
     "evaluate = dhe_vpr_ros.cli:evaluate_main",
+    "train = dhe_vpr_ros.cli:train_main",
+    "vpr_node = dhe_vpr_ros.node:main",
 ]
 
 setup(

@@ -111,6 +111,8 @@ COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
     "build-map": ("embed images (folder, geo-localisation split, rosbag2) into a map",
                   _lazy("build_map", "add_arguments"), _lazy("build_map", "run")),
     "query": ("rank map places for query images", add_query, run_query),
+    "train": ("train the homography regressor (stage dhe) or fine-tune jointly (stage joint)",
+              _lazy("train", "add_arguments"), _lazy("train", "run")),
     "evaluate": ("Recall@N of none/ransac/dhe re-ranking on a geo-localisation split",
                  _lazy("evaluate", "add_arguments"), _lazy("evaluate", "run")),
     "convert-checkpoint": ("convert a DHE-VPR author checkpoint to ours", add_convert_checkpoint,
@@ -125,10 +127,16 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (help_text, add, _) in COMMANDS.items():
         add(sub.add_parser(name, help=help_text, description=help_text))
+    sub.add_parser("node", help="run the ROS 2 node (same as `ros2 run dhe_vpr_ros vpr_node`; "
+                   "takes --ros-args)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["node"]:  # the ROS node parses its own --ros-args
+        from .node import main as node_main
+        return node_main(argv[1:])
     args = build_parser().parse_args(argv)
     _setup_logging(args.verbose)
     from .mapdb import MapError
@@ -157,3 +165,4 @@ model_info_main = _entry("info")
 build_map_main = _entry("build-map")
 query_main = _entry("query")
 evaluate_main = _entry("evaluate")
+train_main = _entry("train")

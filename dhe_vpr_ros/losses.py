@@ -47,3 +47,15 @@ def rei_loss(homographies: torch.Tensor, query_local: torch.Tensor, positive_loc
     else:  # keep the graph so callers can always backward()
         loss = (homographies * 0.0).sum()
     return REIOutput(loss=loss, per_pair=per_pair, used=used, ransac_inliers=inliers_t)
+
+
+def triplet_loss(query: torch.Tensor, positive: torch.Tensor, negatives: torch.Tensor,
+                 margin: float = 0.1) -> torch.Tensor:
+    """Triplet margin loss on L2-normalised global descriptors, averaged over the negatives.
+
+    query, positive: (B, D); negatives: (B, M, D). Euclidean distances, as in the VPR
+    benchmarks the paper follows (``nn.TripletMarginLoss(margin, p=2)`` per negative).
+    """
+    d_pos = (query - positive).norm(dim=-1, keepdim=True)  # (B, 1)
+    d_neg = (query.unsqueeze(1) - negatives).norm(dim=-1)  # (B, M)
+    return torch.relu(d_pos - d_neg + margin).mean()
