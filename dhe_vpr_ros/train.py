@@ -431,6 +431,9 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
                     handle.write("".join(json.dumps(h) + "\n" for h in history))
             if distributed:
                 dist.barrier()
+        if cfg.extra.get("dump_rank_weights"):
+            out.mkdir(parents=True, exist_ok=True)
+            torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, out / f"rank{rank}_weights.pt")
     except Stop:
         log.info("interrupted: state saved to %s; continue with --resume", state_path)
     finally:
@@ -510,6 +513,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=d.device, help="cpu, cuda (mixed precision bf16 on GPU)")
     parser.add_argument("--no-amp", action="store_true", help="full fp32 on GPU")
     parser.add_argument("--no-tensorboard", action="store_true")
+    parser.add_argument("--dump-rank-weights", action="store_true",
+                        help="debug DDP: every rank writes its final weights to OUT/rankN_weights.pt")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -517,6 +522,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k in keys})
     cfg.amp = not args.no_amp
     cfg.tensorboard = not args.no_tensorboard
+    cfg.extra = {"dump_rank_weights": args.dump_rank_weights}
     if args.resume:
         saved = Path(args.out) / "config.json"
         if saved.is_file():  # the run's own settings win, except how many epochs to reach
