@@ -110,6 +110,8 @@ def _lazy(module: str, attr: str) -> Callable:
 COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
     "build-map": ("embed images (folder, geo-localisation split, rosbag2) into a map",
                   _lazy("build_map", "add_arguments"), _lazy("build_map", "run")),
+    "demo": ("build a map from bundled photos, run the real node on query photos, report recall",
+             _lazy("demo", "add_arguments"), _lazy("demo", "run")),
     "query": ("rank map places for query images", add_query, run_query),
     "train": ("train the homography regressor (stage dhe) or fine-tune jointly (stage joint)",
               _lazy("train", "add_arguments"), _lazy("train", "run")),

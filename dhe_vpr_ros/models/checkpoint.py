@@ -38,13 +38,23 @@ def file_sha256(path: str | os.PathLike) -> str:
 
 
 def save_checkpoint(path: str | os.PathLike, model: VPRModel, meta: dict | None = None,
-                    extra: dict | None = None) -> None:
-    """Write ``model`` (and optional training state in ``extra``) atomically to ``path``."""
+                    extra: dict | None = None, include_backbone: bool = True) -> None:
+    """Write ``model`` (and optional training state in ``extra``) atomically to ``path``.
+
+    ``include_backbone=False`` stores only the regressor, for a backbone left at its packaged
+    ImageNet weights (stage dhe): the file shrinks to the regressor's size, and loading
+    rebuilds the backbone from the installed weights (the map identity hash checks them).
+    """
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()
+             if include_backbone or not k.startswith("backbone.")}
+    config = dict(model.config)
+    if not include_backbone:
+        config["backbone_weights"] = "pretrained"
     payload = {
         "format": FORMAT,
         "version": VERSION,
-        "config": model.config,
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "config": config,
+        "state_dict": state,
         "meta": dict(meta or {}),
     }
     if extra:
@@ -157,9 +167,15 @@ def load_checkpoint(path: str | os.PathLike, expect_backbone: str | None = None,
     if expect_backbone is not None and config["backbone"] != expect_backbone:
         raise CheckpointError(f"checkpoint {path} is for backbone {config['backbone']!r}, "
                               f"not {expect_backbone!r}")
+    from_package = config.get("backbone_weights") == "pretrained"
     try:
-        model = build_model(config["backbone"], config["regressor"], pretrained=False)
-        model.load_state_dict(state, strict=True)
+        model = build_model(config["backbone"], config["regressor"], pretrained=from_package)
+        if from_package:
+            missing, unexpected = model.load_state_dict(state, strict=False)
+            if unexpected or any(not k.startswith("backbone.") for k in missing):
+                raise RuntimeError(f"missing {missing[:3]}, unexpected {unexpected[:3]}")
+        else:
+            model.load_state_dict(state, strict=True)
     except (RuntimeError, ValueError, TypeError) as exc:
         raise CheckpointError(f"checkpoint {path} does not fit its declared architecture "
                               f"{config}: {str(exc).splitlines()[0]}") from exc
