@@ -82,8 +82,7 @@ def main() -> None:
         rclpy.spin_once(probe, timeout_sec=0.1)
     msgs = []
     for img in photos[:8]:
-        f = rgb_to_fields(img, "rgb8")
-        msgs.append(Image(height=f["height"], width=f["width"], encoding="rgb8", step=f["step"], data=f["data"]))
+        msgs.append(Image(**rgb_to_fields(img, "rgb8")))
 
     def run(rate: float, seconds: float, t0: float):
         sent = {}

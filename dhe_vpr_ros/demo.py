@@ -43,6 +43,7 @@ def run(args: argparse.Namespace) -> int:
 
     from .build_map import add_frames
     from .datasets import folder_frames
+    from .debug_image import draw_match
     from .localizer import Candidate, Localizer, model_identity
     from .mapdb import MapDatabase
     from .runtime import load_model
@@ -104,7 +105,6 @@ def run(args: argparse.Namespace) -> int:
         lines.append(f"{Path(query.source).name:<28} {Path(place.source).name:<26} {match[2]:>7.1f} "
                      f"{'yes' if int(match[1]) == i else 'NO':>6}   {Path(database.places[global_best].source).name:<26}")
         cand = Candidate(place, float(match[2]), float(match[3]), np.array(match[5:14]).reshape(3, 3))
-        from .debug_image import draw_match
         ok = int(match[1]) == i
         panels.append(draw_match(query.load(), cand, np.zeros((0, 2, 2)), 200,
                                  f"q{i} -> place {place.place_id} ({'right' if ok else 'WRONG'})",
@@ -151,11 +151,10 @@ def _exchange(rclpy, node_proc, out, timeout, failures, records) -> dict:
             failures.append(f"vpr_node did not come up; see {out / 'vpr_node.log'}")
             return {}
     results = {}
-    for i, query in enumerate(folder_frames(DATA / "queries")):
+    queries = folder_frames(DATA / "queries")
+    for i, query in enumerate(queries):
         stamp = 5000 + 10 * i  # the "second traverse"
-        fields = rgb_to_fields(query.load(), "rgb8")
-        msg = Image(height=fields["height"], width=fields["width"], encoding="rgb8", is_bigendian=0,
-                    step=fields["step"], data=fields["data"])
+        msg = Image(**rgb_to_fields(query.load(), "rgb8"))
         msg.header.stamp.sec, msg.header.frame_id = stamp, "camera"
         before = len(got["match"])
         pub.publish(msg)
@@ -171,7 +170,7 @@ def _exchange(rclpy, node_proc, out, timeout, failures, records) -> dict:
             records.append(("/vpr_node/match", stamp * 10**9 + 1, match))
             records.append(("/vpr_node/top_k", stamp * 10**9 + 2, top))
             results[i] = (np.array(match.data), np.array(top.data).reshape(-1, 4))
-            sys.stdout.write(f"  query {i + 1}/{len(folder_frames(DATA / 'queries'))}: place {int(match.data[1])}\n")
+            sys.stdout.write(f"  query {i + 1}/{len(queries)}: place {int(match.data[1])}\n")
             sys.stdout.flush()
     rclpy.spin_once(probe, timeout_sec=0.2)
     for m in got["loop_closure"]:

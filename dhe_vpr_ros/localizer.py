@@ -44,15 +44,20 @@ def model_identity(model: VPRModel) -> ModelIdentity:
     return identity
 
 
+def normalise(images: torch.Tensor, model: VPRModel) -> torch.Tensor:
+    """(B, S, S, 3) uint8 tensor -> the backbone's normalised (B, 3, S, S) float input."""
+    x = images.permute(0, 3, 1, 2).float().div(255.0)
+    mean = torch.tensor(model.backbone.mean, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(model.backbone.std, device=x.device).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
 def prepare(images: Sequence[np.ndarray], model: VPRModel, device: torch.device) -> torch.Tensor:
     """RGB uint8 images of any size -> normalised (B, 3, S, S) network input."""
     size = model.backbone.input_size
     batch = np.stack([cv2.resize(np.ascontiguousarray(img), (size, size), interpolation=cv2.INTER_AREA)
                       for img in images])
-    tensor = torch.from_numpy(batch).to(device).permute(0, 3, 1, 2).float().div_(255.0)
-    mean = torch.tensor(model.backbone.mean, device=device).view(1, 3, 1, 1)
-    std = torch.tensor(model.backbone.std, device=device).view(1, 3, 1, 1)
-    return (tensor - mean) / std
+    return normalise(torch.from_numpy(batch).to(device), model)
 
 
 def image_size(image: np.ndarray) -> tuple[int, int]:

@@ -292,10 +292,7 @@ class VprNode(Node):
 
     def _publish_debug(self, result, header, image) -> None:
         picture = draw_match(image, result.best, result.inliers)
-        fields = rgb_to_fields(picture, "rgb8")
-        msg = Image(header=header, height=fields["height"], width=fields["width"], encoding="rgb8",
-                    is_bigendian=0, step=fields["step"], data=fields["data"])
-        self.pub_debug.publish(msg)
+        self.pub_debug.publish(Image(header=header, **rgb_to_fields(picture, "rgb8")))
 
     def _publish_diagnostics(self) -> None:
         now = time.monotonic()

@@ -31,7 +31,7 @@ from .atomic import atomic_write
 from .build_map import add_frames
 from .datasets import bag_frames, folder_frames, geo_split
 from .geometry import corner_error
-from .localizer import Localizer, model_identity
+from .localizer import Localizer, model_identity, normalise
 from .losses import rei_loss, triplet_loss
 from .mapdb import MapDatabase
 from .matching import grid_keypoints, mutual_nearest_neighbours, robust_homographies
@@ -110,14 +110,6 @@ def make_datasets(cfg: TrainConfig, size: int):
     train = WarpedPairs(frames[:len(frames) - n_val], size, cfg.seed, cfg.max_shift)
     val = {"kind": "warped", "pairs": WarpedPairs(frames[len(frames) - n_val:], size, cfg.seed + 1, cfg.max_shift)}
     return train, val
-
-
-def normalise(images: torch.Tensor, model: VPRModel) -> torch.Tensor:
-    """(B, S, S, 3) uint8 -> normalised (B, 3, S, S) float."""
-    x = images.permute(0, 3, 1, 2).float().div(255.0)
-    mean = torch.tensor(model.backbone.mean, device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor(model.backbone.std, device=x.device).view(1, 3, 1, 1)
-    return (x - mean) / std
 
 
 # -- the differentiable step (what DDP wraps) ---------------------------------------------
@@ -209,21 +201,21 @@ def validate(model: VPRModel, val: dict, cfg: TrainConfig, device: torch.device)
         stride = model.backbone.stride
         for i in range(len(pairs)):
             s = pairs[i]
-            q = s["query"].numpy()
+            q_local, q_global = loc.embed([s["query"].numpy()])  # once, for both re-rankers and the pair
             for name in hits:
-                hits[name] += int(loc.query(q, reranker=name).best.place_id == i)
-            batch_q, batch_p = s["query"][None].to(device), s["positive"][None].to(device)
-            fq, fp = model.embed(normalise(batch_q, model)), model.embed(normalise(batch_p, model))
-            h = model.homographies(fq.local, fp.local)
+                ranked = loc.rank(q_local[0], q_global[0], (pairs.size, pairs.size), name)
+                hits[name] += int(ranked.best.place_id == i)
+            p_local = model.embed(normalise(s["positive"][None].to(device), model)).local
+            h = model.homographies(q_local, p_local)
             truth = s["h_true"][None].to(device)
             size = float(pairs.size)
             errs_dhe.append(corner_error(h.float(), truth, size, size).item())
             errs_id.append(corner_error(torch.eye(3, device=device)[None], truth, size, size).item())
-            kps = grid_keypoints(*fq.local.shape[-2:], stride, device=device)
-            hr, _ = robust_homographies(kps, kps, mutual_nearest_neighbours(fq.local[0], fp.local),
+            kps = grid_keypoints(*q_local.shape[-2:], stride, device=device)
+            hr, _ = robust_homographies(kps, kps, mutual_nearest_neighbours(q_local[0], p_local),
                                         1.5 * stride, "ransac")
             errs_ransac.append(corner_error(torch.from_numpy(hr).float().to(device), truth, size, size).item())
-            rei.append(rei_loss(h, fq.local, fp.local, stride).loss.item())
+            rei.append(rei_loss(h, q_local, p_local, stride).loss.item())
         n = max(len(pairs), 1)
         metrics = {"recall@1/none": 100.0 * hits["none"] / n, "recall@1/dhe": 100.0 * hits["dhe"] / n,
                    "corner_error/dhe": float(np.mean(errs_dhe)), "corner_error/ransac": float(np.mean(errs_ransac)),

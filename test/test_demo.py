@@ -11,7 +11,7 @@ from dhe_vpr_ros.demo import DATA
 from dhe_vpr_ros.geometry import corner_error
 from dhe_vpr_ros.models.checkpoint import file_sha256
 from dhe_vpr_ros.runtime import default_checkpoint, load_model
-from dhe_vpr_ros.train import normalise
+from dhe_vpr_ros.localizer import normalise
 from dhe_vpr_ros.training_data import WarpedPairs
 
 SHIPPED_SHA256 = "58dc1a91ddd0883908f325bff0593108948254370e2b4c2eede0df5a68d5ee87"
