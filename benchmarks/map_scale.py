@@ -1,4 +1,6 @@
 #!/usr/bin/env python3
+# Copyright 2026 dhe_vpr_ros maintainers
+# SPDX-License-Identifier: Apache-2.0
 """Map database at scale: build time, size on disk, resident memory, per-query latency.
 
 Synthetic maps of 1k / 10k / 100k places (random unit global descriptors, random float16

@@ -1,4 +1,6 @@
 #!/usr/bin/env python3
+# Copyright 2026 dhe_vpr_ros maintainers
+# SPDX-License-Identifier: Apache-2.0
 """Frames through the real node: publish -> ~/match latency and sustained frames/s.
 
 A map of N places (default 1000: 20 embedded photos of the demo set plus random filler
@@ -33,6 +35,7 @@ def main() -> None:
     parser.add_argument("--places", type=int, default=1000)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--checkpoint", default="")
+    parser.add_argument("--backbone", default="", help="without --checkpoint: e.g. cct14 (untrained regressor)")
     parser.add_argument("--reranker", default="dhe")
     parser.add_argument("--top-k", type=int, default=16)
     parser.add_argument("--rate", type=float, default=2.0, help="publish rate (Hz) for the latency run")
@@ -48,15 +51,19 @@ def main() -> None:
     from dhe_vpr_ros.demo import DATA
     from dhe_vpr_ros.image_conversion import rgb_to_fields
     from dhe_vpr_ros.localizer import Localizer, model_identity
-    from dhe_vpr_ros.mapdb import MapDatabase
+    from dhe_vpr_ros.mapdb import MapDatabase, Place
     from dhe_vpr_ros.runtime import load_model
 
     work = Path(tempfile.mkdtemp(prefix="node_latency-"))
-    model, info = load_model(args.checkpoint or None)
+    model, info = load_model(args.checkpoint or None, args.backbone or None, device=args.device)
+    if not args.checkpoint and args.backbone:  # a randomly initialised backbone: the node must load the same one
+        from dhe_vpr_ros.models import save_checkpoint
+        args.checkpoint = str(work / "model.pt")
+        save_checkpoint(args.checkpoint, model)
     db = MapDatabase(model_identity(model), build_info=info)
     loc = Localizer(model, db, reranker="none")
     photos = [f.load() for f in folder_frames(DATA / "database")]
-    loc.add_images(photos, [__import__("dhe_vpr_ros.mapdb", fromlist=["Place"]).Place(-1, f"p{i}") for i in range(len(photos))])
+    loc.add_images(photos, [Place(-1, f"p{i}") for i in range(len(photos))])
     local, global_ = loc.embed(photos[:4])
     rng = np.random.default_rng(0)
     while len(db) < args.places:  # filler: perturbed real features, so they look like places
@@ -66,6 +73,7 @@ def main() -> None:
         db.add(g, local.half().cpu().numpy()[pick])
     db.save(work / "map")
     params = {"/**": {"ros__parameters": {"map_path": str(work / "map"), "checkpoint": args.checkpoint,
+                                          "backbone": args.backbone,
                                           "device": args.device, "reranker": args.reranker, "top_k": args.top_k,
                                           "image_topics": ["/bench/image"], "image_qos_reliability": "reliable",
                                           "min_time_gap_sec": 0.0}}}
@@ -108,11 +116,12 @@ def main() -> None:
     _, sustained, n_fast = run(30.0, 15.0, 3000.0)
     node.send_signal(signal.SIGINT)
     node.wait(30)
-    print(f"{'map places':<12} {'device':<7} {'reranker':<9} {'rate Hz':>8} {'frames':>7} {'median ms':>10} {'p95 ms':>8} "
-          f"{'sustained fps (30 Hz in)':>25}")
+    print(f"{'map places':<12} {'device':<7} {'reranker':<9} {'rate Hz':>8} {'frames':>7} {'median ms':>10} "
+          f"{'p95 ms':>8} {'sustained fps (30 Hz in)':>25}")
     print(f"{len(db):<12} {args.device:<7} {args.reranker:<9} {args.rate:>8.1f} {len(lat):>7} "
           f"{statistics.median(lat):>10.1f} {lat[int(0.95 * (len(lat) - 1))]:>8.1f} {sustained:>25.2f}")
-    print(f"node_latency_median_ms={statistics.median(lat):.1f} node_latency_p95_ms={lat[int(0.95 * (len(lat) - 1))]:.1f} "
+    p95 = lat[int(0.95 * (len(lat) - 1))]
+    print(f"node_latency_median_ms={statistics.median(lat):.1f} node_latency_p95_ms={p95:.1f} "
           f"sustained_fps={sustained:.2f}")
 
 

@@ -1,4 +1,6 @@
 #!/usr/bin/env python3
+# Copyright 2026 dhe_vpr_ros maintainers
+# SPDX-License-Identifier: Apache-2.0
 """Re-ranking speed: batched DHE vs the per-pair loop vs OpenCV RANSAC / USAC_MAGSAC.
 
 For K candidates of one query, every method gets the same feature grids (synthetic grids
@@ -105,14 +107,14 @@ def main() -> None:
                 rows.append((f"dhe-{name}", "per-pair loop", k, ms_loop, f"{dtype}".replace("torch.", "")))
         q, c = grids["paper"]
         for method in ("ransac", "magsac"):
-            reranker = make_reranker("ransac", method=method)
+            reranker = make_reranker(method)
             ms = timed(lambda: reranker(q.float(), c.float(), sims), device, args.repeats)
             results[(method, "opencv", k)] = ms
             rows.append((method, "opencv, same matches", k, ms, "float32"))
 
     peak = matmul_gflops(device, low_precision)
-    print(f"device: {device} ({torch.cuda.get_device_name() if device.type == 'cuda' else platform.processor() or platform.machine()}), "
-          f"torch {torch.__version__}, threads {torch.get_num_threads()}")
+    name = torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or platform.machine()
+    print(f"device: {device} ({name}), torch {torch.__version__}, threads {torch.get_num_threads()}")
     print(f"dense matmul throughput ({str(low_precision).replace('torch.', '')}): {peak:.1f} GFLOP/s")
     print(f"{'method':<14}{'mode':<24}{'K':>5}{'ms':>12}{'ms/pair':>10}  dtype")
     for method, mode, k, ms, dtype in rows:

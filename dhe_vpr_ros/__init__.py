@@ -1,6 +1,8 @@
+# Copyright 2026 dhe_vpr_ros maintainers
+# SPDX-License-Identifier: Apache-2.0
 """dhe_vpr_ros: visual place recognition with Deep Homography Estimation re-ranking.
 
 The core (models, geometry, matching, re-ranking, losses) imports without ROS; only
 ``dhe_vpr_ros.node`` needs rclpy.
 """
-__version__ = "0.1.0"
+__version__ = "0.2.0"

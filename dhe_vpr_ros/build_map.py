@@ -1,3 +1,5 @@
+# Copyright 2026 dhe_vpr_ros maintainers
+# SPDX-License-Identifier: Apache-2.0
 """``build-map``: embed images from a folder, a geo-localisation split or a rosbag2 into a map.
 
 Appending keeps existing place ids. The map on disk is replaced atomically at the end, so an
@@ -7,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 from pathlib import Path
 from typing import Iterable
 
@@ -15,8 +18,8 @@ from tqdm import tqdm
 from .datasets import Frame, bag_frames, folder_frames, geo_split
 from .image_conversion import ImageConversionError
 from .localizer import Localizer, model_identity
-from .mapdb import MapDatabase, MapError, Place
-from .runtime import load_model, resolve_device
+from .mapdb import MapDatabase, MapError, Place, check_replaceable
+from .runtime import open_localizer
 
 log = logging.getLogger(__name__)
 
@@ -50,20 +53,29 @@ def add_frames(localizer: Localizer, frames: Iterable[Frame], batch_size: int = 
 
 def open_for_writing(path: str | Path, model, build_info: dict, append: bool = False,
                      overwrite: bool = False, index_type: str = "flat") -> MapDatabase:
-    """An existing map to append to (checked against the model) or a new empty one."""
+    """An existing map to append to (checked against the model) or a new empty one; MapError
+    for a target that is not a map, or that cannot be written."""
     path = Path(path)
     exists = (path / "manifest.json").exists()
     if exists and append:
         database = MapDatabase.open(path, expect=model_identity(model))
-        database.spill_dir = str(path.resolve().parent)
-        return database
-    if exists and not overwrite:
+    elif exists and not overwrite:
         raise MapError(f"a map already exists at {path}; pass --append to add to it or "
                        "--overwrite to replace it")
-    if path.exists() and not exists and any(path.iterdir()):
-        raise MapError(f"{path} exists and is not a map; choose an empty or new directory")
-    return MapDatabase(model_identity(model), index_type, build_info=dict(build_info),
-                       spill_dir=str(path.resolve().parent))
+    else:
+        if path.exists() and not path.is_dir():
+            raise MapError(f"{path} is an existing file, not a map directory; choose a new path")
+        if path.is_dir() and not exists and any(path.iterdir()):
+            raise MapError(f"{path} exists and is not a map; choose an empty or new directory")
+        database = MapDatabase(model_identity(model), index_type, build_info=dict(build_info))
+    parent = path.resolve().parent
+    while not parent.exists():  # the first folder that exists is where the map will be made
+        parent = parent.parent
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise MapError(f"cannot write the map {path}: {parent} is not writable")
+    check_replaceable(path.resolve())
+    database.spill_dir = str(path.resolve().parent) if path.resolve().parent.exists() else None
+    return database
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -87,6 +99,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=16)
 
 
+def add_ranking_arguments(parser: argparse.ArgumentParser, multiple: bool = False) -> None:
+    """--reranker (or --rerankers), --top-k and --refine-rounds, as query and evaluate take them."""
+    from .rerank import DEFAULT_REFINE_ROUNDS, RERANKERS
+    if multiple:
+        parser.add_argument("--rerankers", default=",".join(RERANKERS),
+                            help=f"comma-separated, from {','.join(RERANKERS)}")
+    else:
+        parser.add_argument("--reranker", choices=RERANKERS, default="dhe")
+    parser.add_argument("--top-k", type=int, default=32, help="candidates retrieved and re-ranked")
+    parser.add_argument("--refine-rounds", type=int, default=DEFAULT_REFINE_ROUNDS,
+                        help="dhe: rounds of refitting the regressed homography to its inlier matches (0: off)")
+
+
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", help="model checkpoint (default: the shipped model)")
     parser.add_argument("--backbone", help="without --checkpoint: backbone name")
@@ -106,12 +131,11 @@ def frames_from_args(args: argparse.Namespace) -> tuple[Iterable[Frame], int | N
 
 
 def run(args: argparse.Namespace) -> int:
-    device = resolve_device(args.device)
     frames, total = frames_from_args(args)
-    model, build_info = load_model(args.checkpoint, args.backbone, device)
-    database = open_for_writing(args.output, model, build_info, args.append, args.overwrite, args.index)
+    localizer = open_localizer(args.checkpoint, args.backbone, args.device, reranker="none", new_map=lambda m, info:
+                               open_for_writing(args.output, m, info, args.append, args.overwrite, args.index))
+    database = localizer.database
     before = len(database)
-    localizer = Localizer(model, database, device, reranker="none")
     ids = add_frames(localizer, frames, args.batch_size, total)
     if not ids:
         raise ValueError("no usable images were found; nothing written")

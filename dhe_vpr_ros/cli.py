@@ -1,9 +1,12 @@
+# Copyright 2026 dhe_vpr_ros maintainers
+# SPDX-License-Identifier: Apache-2.0
 """One command line: ``python -m dhe_vpr_ros <command>``; each command is also a console
 script for ``ros2 run dhe_vpr_ros <name>``. Commands are thin: parse, call the core, report."""
 from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 from typing import Callable
 
@@ -64,14 +67,13 @@ def run_model_info(args: argparse.Namespace) -> int:
 
 # -- query ----------------------------------------------------------------------------------
 def add_query(parser: argparse.ArgumentParser) -> None:
-    from .build_map import add_model_arguments
-    from .rerank import RERANKERS
+    from .build_map import add_model_arguments, add_ranking_arguments
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="query image file(s)")
     parser.add_argument("--map", required=True, help="map directory (from build-map)")
-    parser.add_argument("--reranker", choices=RERANKERS, default="dhe")
-    parser.add_argument("--top-k", type=int, default=32, help="candidates retrieved and re-ranked")
+    add_ranking_arguments(parser)
     parser.add_argument("--show", type=int, default=5, help="rows printed per image (table mode)")
-    parser.add_argument("--json", action="store_true", help="print one JSON list per image instead")
+    parser.add_argument("--json", action="store_true", help="print one JSON list per image instead "
+                        "(numbers that are not finite are null)")
     add_model_arguments(parser)
 
 
@@ -79,17 +81,13 @@ def run_query(args: argparse.Namespace) -> int:
     import json
 
     from .image_conversion import read_image
-    from .localizer import Localizer, model_identity
-    from .mapdb import MapDatabase
-    from .runtime import load_model, resolve_device
-    device = resolve_device(args.device)
-    model, _ = load_model(args.checkpoint, args.backbone, device)
-    database = MapDatabase.open(args.map, expect=model_identity(model))
-    localizer = Localizer(model, database, device, args.reranker, args.top_k)
+    from .runtime import open_localizer
+    localizer = open_localizer(args.checkpoint, args.backbone, args.device, args.map, reranker=args.reranker,
+                               top_k=args.top_k, refine_rounds=args.refine_rounds)
     for path in args.images:
         result = localizer.query(read_image(path))
         if args.json:
-            sys.stdout.write(json.dumps([c.to_json() for c in result.candidates]) + "\n")
+            sys.stdout.write(json.dumps([c.to_json() for c in result.candidates], allow_nan=False) + "\n")
             continue
         sys.stdout.write(f"{path}  ({', '.join(f'{k} {v:.1f} ms' for k, v in result.timings_ms.items())})\n")
         sys.stdout.write(f"  {'rank':>4} {'place':>7} {'score':>8} {'global':>7}  source\n")
@@ -143,13 +141,25 @@ def main(argv: list[str] | None = None) -> int:
     _setup_logging(args.verbose)
     from .mapdb import MapError
     from .models import CheckpointError
+    previous = signal.signal(signal.SIGTERM, _terminate)  # clean up as on Ctrl-C
     try:
         return COMMANDS[args.command][2](args)
-    except (CheckpointError, MapError, FileNotFoundError, ValueError) as exc:
+    except (CheckpointError, MapError, ValueError) as exc:
         log.error("%s", exc)
         return 2
+    except OSError as exc:  # a file that cannot be read or written: say which
+        where = f"{exc.filename}: " if exc.filename and str(exc.filename) not in str(exc) else ""
+        log.error("%s%s", where, exc.strerror or exc)
+        return 2
     except KeyboardInterrupt:
+        log.error("interrupted")
         return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _terminate(signum, frame):
+    raise KeyboardInterrupt
 
 
 def _entry(command: str) -> Callable[[], int]:

@@ -1,3 +1,5 @@
+# Copyright 2026 dhe_vpr_ros maintainers
+# SPDX-License-Identifier: Apache-2.0
 """Where images come from: image folders, geo-localisation splits, rosbag2 recordings.
 
 Each source yields ``Frame`` records lazily (the image is decoded when it is needed), so a
@@ -17,6 +19,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from .image_conversion import ImageConversionError, read_image, to_rgb
+from .mapdb import Pose
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +33,7 @@ class Frame:
     source: str
     load: Callable[[], np.ndarray]
     timestamp_ns: int | None = None
-    pose: dict | None = None
+    pose: Pose | None = None
     utm: tuple[float, float] | None = None
 
 
@@ -81,13 +84,12 @@ def _stamp_ns(msg, fallback: int) -> int:
     return ns if ns > 0 else fallback
 
 
-def _pose_of(msg) -> dict:
-    """nav_msgs/Odometry or geometry_msgs/PoseStamped -> our pose dict."""
+def _pose_of(msg) -> Pose:
+    """nav_msgs/Odometry or geometry_msgs/PoseStamped -> a Pose."""
     pose = msg.pose.pose if hasattr(msg.pose, "pose") else msg.pose
-    return {"frame_id": msg.header.frame_id,
-            "position": [float(pose.position.x), float(pose.position.y), float(pose.position.z)],
-            "orientation": [float(pose.orientation.x), float(pose.orientation.y),
-                            float(pose.orientation.z), float(pose.orientation.w)]}
+    return Pose(msg.header.frame_id, (float(pose.position.x), float(pose.position.y), float(pose.position.z)),
+                (float(pose.orientation.x), float(pose.orientation.y), float(pose.orientation.z),
+                 float(pose.orientation.w)))
 
 
 def _bag_path(path: str | Path) -> Path:
@@ -144,7 +146,7 @@ def bag_frames(bag: str | Path, topic: str, pose_topic: str | None = None,
             if last_t is not None and (stamp - last_t) < min_interval_sec * 1e9:
                 continue
             if min_distance_m > 0 and pose is not None and last_xyz is not None \
-                    and math.dist(pose["position"], last_xyz) < min_distance_m:
+                    and math.dist(pose.position, last_xyz) < min_distance_m:
                 continue
             try:
                 image = to_rgb(msg)
@@ -153,5 +155,5 @@ def bag_frames(bag: str | Path, topic: str, pose_topic: str | None = None,
                 continue
             last_t = stamp
             if pose is not None:
-                last_xyz = pose["position"]
+                last_xyz = pose.position
             yield Frame(f"{topic}@{stamp}", (lambda img=image: img), stamp, pose)

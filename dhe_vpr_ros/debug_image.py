@@ -1,3 +1,5 @@
+# Copyright 2026 dhe_vpr_ros maintainers
+# SPDX-License-Identifier: Apache-2.0
 """A picture of one match: query beside the map image, inlier lines, homography outline.
 
 Used for the node's ~/debug_image and the demo's PNG. The map stores features, not pixels;

@@ -1,3 +1,5 @@
+# Copyright 2026 dhe_vpr_ros maintainers
+# SPDX-License-Identifier: Apache-2.0
 """``demo``: the whole system on bundled photographs, through the real ROS 2 node.
 
 Builds a map from ``data/demo/database``, starts ``vpr_node`` as a subprocess, publishes the
@@ -24,13 +26,15 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from .rerank import RERANKERS
+
 DATA = Path(__file__).resolve().parent / "data" / "demo"
 log = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="demo_output", help="where the map, picture and bag go")
-    parser.add_argument("--reranker", default="dhe", choices=("dhe", "ransac", "none"))
+    parser.add_argument("--reranker", default="dhe", choices=RERANKERS)
     parser.add_argument("--checkpoint", help="model checkpoint (default: the shipped model)")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for each answer")
 
@@ -44,18 +48,18 @@ def run(args: argparse.Namespace) -> int:
     from .build_map import add_frames
     from .datasets import folder_frames
     from .debug_image import draw_match
-    from .localizer import Candidate, Localizer, model_identity
+    from .localizer import Candidate, model_identity
     from .mapdb import MapDatabase
-    from .runtime import load_model
+    from .runtime import open_localizer
 
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     start = time.monotonic()
     # 1. the map
     log.info("[1/4] building the map from %d bundled photos", len(list((DATA / "database").glob("*.jpg"))))
-    model, info = load_model(args.checkpoint)
-    database = MapDatabase(model_identity(model), build_info=info, spill_dir=str(out))
-    localizer = Localizer(model, database, reranker="none")
+    localizer = open_localizer(args.checkpoint, reranker="none", new_map=lambda model, info: MapDatabase(
+        model_identity(model), build_info=info, spill_dir=str(out)))
+    database = localizer.database
     frames = folder_frames(DATA / "database")
     for i, frame in enumerate(frames):
         frame.timestamp_ns = (1000 + 10 * i) * 1_000_000_000  # one place every 10 s of a "first traverse"
@@ -102,8 +106,9 @@ def run(args: argparse.Namespace) -> int:
         global_best = int(top[np.argmax(top[:, 2]), 0])
         right_dhe += int(match[1]) == i
         right_global += global_best == i
+        global_name = Path(database.places[global_best].source).name
         lines.append(f"{Path(query.source).name:<28} {Path(place.source).name:<26} {match[2]:>7.1f} "
-                     f"{'yes' if int(match[1]) == i else 'NO':>6}   {Path(database.places[global_best].source).name:<26}")
+                     f"{'yes' if int(match[1]) == i else 'NO':>6}   {global_name:<26}")
         cand = Candidate(place, float(match[2]), float(match[3]), np.array(match[5:14]).reshape(3, 3))
         ok = int(match[1]) == i
         panels.append(draw_match(query.load(), cand, np.zeros((0, 2, 2)), 200,
@@ -140,7 +145,8 @@ def _exchange(rclpy, node_proc, out, timeout, failures, records) -> dict:
     from .image_conversion import rgb_to_fields
 
     probe = rclpy.create_node("vpr_demo")
-    pub = probe.create_publisher(Image, "/demo/camera/image_raw", QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE))
+    pub = probe.create_publisher(Image, "/demo/camera/image_raw",
+                                 QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE))
     got = {"match": [], "top_k": [], "loop_closure": []}
     for name in got:
         probe.create_subscription(Float64MultiArray, f"/vpr_node/{name}", lambda m, n=name: got[n].append(m), 10)

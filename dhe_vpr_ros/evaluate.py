@@ -1,3 +1,5 @@
+# Copyright 2026 dhe_vpr_ros maintainers
+# SPDX-License-Identifier: Apache-2.0
 """``evaluate``: Recall@N on a geo-localisation split, re-rankers side by side, with latency.
 
 A query counts as found at N when one of its first N ranked places lies within the positive
@@ -18,12 +20,12 @@ import numpy as np
 from tqdm import tqdm
 
 from .atomic import atomic_write
-from .build_map import add_frames, add_model_arguments
+from .build_map import add_frames, add_model_arguments, add_ranking_arguments
 from .datasets import folder_frames, geo_split
-from .localizer import Localizer, clock, model_identity
-from .mapdb import MapDatabase, MapError
+from .localizer import Localizer, clock
+from .mapdb import MapError
 from .rerank import RERANKERS
-from .runtime import load_model, resolve_device
+from .runtime import open_localizer
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +40,7 @@ def positives_within(query_utm: np.ndarray, map_utm: np.ndarray, threshold_m: fl
 
 def recalls(rankings: list[np.ndarray], positives: list[np.ndarray], values=RECALL_VALUES) -> dict[int, float]:
     """Recall@N in percent: share of queries with a positive among their first N places."""
-    hits = {n: 0 for n in values}
+    hits = dict.fromkeys(values, 0)
     for ranked, pos in zip(rankings, positives):
         found = np.flatnonzero(np.isin(ranked, pos))
         first = found[0] if found.size else None
@@ -105,8 +107,7 @@ def format_table(report: dict) -> str:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", required=True, help="geo-localisation split: DIR/database/ and DIR/queries/")
     parser.add_argument("--map", help="a map built beforehand from DIR/database (default: build one in memory)")
-    parser.add_argument("--rerankers", default=",".join(RERANKERS), help="comma-separated, from dhe,ransac,none")
-    parser.add_argument("--top-k", type=int, default=32, help="candidates re-ranked per query")
+    add_ranking_arguments(parser, multiple=True)
     parser.add_argument("--positive-dist-threshold", type=float, default=25.0, help="metres")
     parser.add_argument("--recall-values", default="1,5,10,20")
     parser.add_argument("--json", help="also write the report as JSON to this file")
@@ -121,15 +122,10 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"unknown re-ranker(s) {unknown}; choose from {', '.join(RERANKERS)}")
     values = tuple(int(v) for v in args.recall_values.split(","))
     queries = folder_frames(geo_split(args.dataset, "queries"), with_utm=True)
-    device = resolve_device(args.device)
-    model, build_info = load_model(args.checkpoint, args.backbone, device)
-    if args.map:
-        database = MapDatabase.open(args.map, expect=model_identity(model))
-        localizer = Localizer(model, database, device, reranker=rerankers[0], top_k=args.top_k)
-    else:
-        database_frames = folder_frames(geo_split(args.dataset, "database"), with_utm=True)
-        localizer = Localizer(model, MapDatabase(model_identity(model), build_info=build_info), device,
-                              reranker=rerankers[0], top_k=args.top_k)
+    database_frames = None if args.map else folder_frames(geo_split(args.dataset, "database"), with_utm=True)
+    localizer = open_localizer(args.checkpoint, args.backbone, args.device, args.map, reranker=rerankers[0],
+                               top_k=args.top_k, refine_rounds=args.refine_rounds)
+    if database_frames is not None:  # no prebuilt map: one in memory
         add_frames(localizer, database_frames, args.batch_size, len(database_frames), desc="database")
     report = evaluate(localizer, queries, rerankers, args.top_k, args.positive_dist_threshold, values)
     sys.stdout.write(format_table(report))

@@ -1,3 +1,5 @@
+# Copyright 2026 dhe_vpr_ros maintainers
+# SPDX-License-Identifier: Apache-2.0
 """sensor_msgs Image / CompressedImage <-> numpy, with cv_bridge's semantics, without ROS.
 
 Works on anything with the message's fields (rclpy messages, ``rosbags`` messages), so the
@@ -57,6 +59,24 @@ def _to_rgb(raw: np.ndarray, encoding: str) -> np.ndarray:
     return cv2.cvtColor(raw, _BAYER[encoding])
 
 
+def _conversion_guard(what: str):
+    """Turn anything OpenCV or NumPy raise on a malformed message into ImageConversionError,
+    so that callers handle exactly one exception type (a fuzz test holds us to it)."""
+    def wrap(fn):
+        def guarded(*args, **kwargs):
+            try:
+                return fn(*args, **kwargs)
+            except ImageConversionError:
+                raise
+            except (cv2.error, ValueError, TypeError, OverflowError, MemoryError, IndexError) as exc:
+                first = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+                raise ImageConversionError(f"cannot convert {what}: {first}") from None
+        guarded.__doc__, guarded.__name__ = fn.__doc__, fn.__name__
+        return guarded
+    return wrap
+
+
+@_conversion_guard("image")
 def raw_to_rgb(encoding: str, height: int, width: int, step: int, is_bigendian: bool,
                data: bytes | bytearray | memoryview | np.ndarray) -> np.ndarray:
     """Decode the fields of a sensor_msgs/Image into RGB uint8, honouring ``step`` padding
@@ -67,6 +87,10 @@ def raw_to_rgb(encoding: str, height: int, width: int, step: int, is_bigendian: 
     if height <= 0 or width <= 0:
         raise ImageConversionError(f"empty image ({width}x{height})")
     channels, dtype = _LAYOUT[encoding]
+    if channels == 2 and width % 2:
+        raise ImageConversionError(f"{encoding} packs two pixels per colour sample: width {width} must be even")
+    if encoding in _BAYER and (width < 2 or height < 2):
+        raise ImageConversionError(f"{encoding} needs at least 2x2 pixels, not {width}x{height}")
     row_bytes = width * channels * np.dtype(dtype).itemsize
     if step < row_bytes:
         raise ImageConversionError(f"step {step} is smaller than one row of {width} {encoding} "
@@ -85,6 +109,7 @@ def raw_to_rgb(encoding: str, height: int, width: int, step: int, is_bigendian: 
     return _to_rgb(np.ascontiguousarray(raw), encoding)
 
 
+@_conversion_guard("compressed image")
 def compressed_to_rgb(fmt: str, data: bytes | bytearray | memoryview | np.ndarray) -> np.ndarray:
     """Decode a sensor_msgs/CompressedImage payload (jpeg, png; ``format`` may carry a prefix
     such as ``"bgr8; jpeg compressed bgr8"`` as image_transport writes it)."""
@@ -103,12 +128,30 @@ def compressed_to_rgb(fmt: str, data: bytes | bytearray | memoryview | np.ndarra
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
+MIN_SIDE = 32  # pixels: smaller images carry too little for the network's 16-pixel patches
+
+
+def check_usable(rgb: np.ndarray) -> np.ndarray:
+    """``rgb`` if the network can make something of it, else ImageConversionError: images under
+    ``MIN_SIDE`` pixels on a side, or of one constant colour, would still "match" something."""
+    height, width = rgb.shape[:2]
+    if min(height, width) < MIN_SIDE:
+        raise ImageConversionError(f"image is {width}x{height}: too small to recognise a place "
+                                   f"(at least {MIN_SIDE} px on a side)")
+    if rgb.min() == rgb.max():
+        raise ImageConversionError(f"image is one constant colour ({int(rgb.flat[0])}): nothing to recognise")
+    return rgb
+
+
 def to_rgb(msg) -> np.ndarray:
     """Image or CompressedImage (any object with their fields) -> RGB uint8 (H, W, 3)."""
     if hasattr(msg, "format") and not hasattr(msg, "encoding"):
         return compressed_to_rgb(msg.format, msg.data)
-    return raw_to_rgb(msg.encoding, int(msg.height), int(msg.width), int(msg.step),
-                      bool(msg.is_bigendian), msg.data)
+    try:
+        fields = (str(msg.encoding), int(msg.height), int(msg.width), int(msg.step), bool(msg.is_bigendian))
+    except (TypeError, ValueError, AttributeError) as exc:
+        raise ImageConversionError(f"not an Image message: {exc}") from None
+    return raw_to_rgb(*fields, msg.data)
 
 
 def rgb_to_fields(rgb: np.ndarray, encoding: str = "rgb8", padding: int = 0,
@@ -184,10 +227,14 @@ def encode_compressed(rgb: np.ndarray, fmt: str = "jpeg", quality: int = 90) -> 
 
 
 def read_image(path) -> np.ndarray:
-    """An image file -> RGB uint8, or FileNotFoundError / ImageConversionError with the path."""
+    """An image file -> RGB uint8, or FileNotFoundError / ImageConversionError with the path
+    (also for an image too small or too plain to recognise, see ``check_usable``)."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"image not found: {path}")
     image = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if image is None:
         raise ImageConversionError(f"cannot read image {path}: not an image OpenCV can decode")
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    try:
+        return check_usable(cv2.cvtColor(image, cv2.COLOR_BGR2RGB))
+    except ImageConversionError as exc:
+        raise ImageConversionError(f"{path}: {exc}") from None

@@ -1,3 +1,5 @@
+# Copyright 2026 dhe_vpr_ros maintainers
+# SPDX-License-Identifier: Apache-2.0
 """The query API: images in, ranked map places with homographies out.
 
 ``Localizer`` ties a model, a map and the re-rankers together. It is what ``query``,
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Sequence
@@ -23,7 +26,7 @@ from .geometry import scale_homography
 from .mapdb import MapDatabase, ModelIdentity, Place
 from .matching import Matches, grid_keypoints, reprojection_errors
 from .models import VPRModel
-from .rerank import RERANKERS, Reranker, make_reranker
+from .rerank import DEFAULT_REFINE_ROUNDS, RERANKERS, Reranker, make_reranker
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +67,11 @@ def image_size(image: np.ndarray) -> tuple[int, int]:
     return int(image.shape[1]), int(image.shape[0])
 
 
+def _finite(value) -> float | None:
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
 @dataclass
 class Candidate:
     """One ranked map place. ``homography`` maps query pixels to map-image pixels."""
@@ -78,20 +86,24 @@ class Candidate:
         return self.place.place_id
 
     def to_json(self) -> dict:
-        return {"place_id": self.place.place_id, "source": self.place.source, "score": self.score,
-                "global_similarity": self.global_similarity,
-                "homography": [[float(v) for v in row] for row in self.homography],
-                "timestamp_ns": self.place.timestamp_ns, "pose": self.place.pose}
+        """A JSON-ready dict; numbers that are not finite become None (null), never NaN."""
+        return {"place_id": self.place.place_id, "source": self.place.source, "score": _finite(self.score),
+                "global_similarity": _finite(self.global_similarity),
+                "homography": [[_finite(v) for v in row] for row in self.homography],
+                "timestamp_ns": self.place.timestamp_ns,
+                "pose": self.place.pose.to_dict() if self.place.pose is not None else None}
 
 
 @dataclass
 class QueryResult:
     """Candidates best first; timings in ms; for the best candidate, its inlier matches as
-    (N, 2, 2) [[query x, y], [map x, y]] in original pixels (empty for re-ranker 'none')."""
+    (N, 2, 2) [[query x, y], [map x, y]] in original pixels (empty for re-ranker 'none');
+    ``skipped``: retrieved places left out because their grid or result was not finite."""
 
     candidates: list[Candidate]
     timings_ms: dict = field(default_factory=dict)
     inliers: np.ndarray = field(default_factory=lambda: np.zeros((0, 2, 2), np.float32))
+    skipped: int = 0
 
     @property
     def best(self) -> Candidate | None:
@@ -109,20 +121,36 @@ class Localizer:
     """Embed, retrieve top-K by global similarity, re-rank, and report in original pixels."""
 
     def __init__(self, model: VPRModel, database: MapDatabase, device: torch.device | str = "cpu",
-                 reranker: str = "dhe", top_k: int = 32):
+                 reranker: str = "dhe", top_k: int = 32, refine_rounds: int = DEFAULT_REFINE_ROUNDS):
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.database = database
-        self.top_k = top_k
-        self.default_reranker = reranker
         self._rerankers: dict[str, Reranker] = {}
-        self.reranker(reranker)  # fail early on a bad name
+        self.configure(reranker, top_k, refine_rounds)
+
+    def configure(self, reranker: str | None = None, top_k: int | None = None,
+                  refine_rounds: int | None = None) -> None:
+        """Change how queries are ranked (live: the node's parameters); ValueError on a bad value."""
+        if top_k is not None and top_k < 1:
+            raise ValueError(f"top_k must be at least 1, not {top_k}")
+        if refine_rounds is not None and refine_rounds < 0:
+            raise ValueError(f"refine_rounds must be 0 or more, not {refine_rounds}")
+        if reranker is not None and reranker not in RERANKERS:
+            raise ValueError(f"unknown re-ranker {reranker!r}; choose from {', '.join(RERANKERS)}")
+        if top_k is not None:
+            self.top_k = top_k
+        if refine_rounds is not None and refine_rounds != getattr(self, "refine_rounds", None):
+            self.refine_rounds = refine_rounds
+            self._rerankers.pop("dhe", None)
+        if reranker is not None:
+            self.default_reranker = reranker
 
     def reranker(self, name: str) -> Reranker:
         if name not in self._rerankers:
             if name not in RERANKERS:
                 raise ValueError(f"unknown re-ranker {name!r}; choose from {', '.join(RERANKERS)}")
-            self._rerankers[name] = make_reranker(name, self.model, stride=self.model.backbone.stride)
+            options = {"refine_rounds": self.refine_rounds} if name == "dhe" else {}
+            self._rerankers[name] = make_reranker(name, self.model, stride=self.model.backbone.stride, **options)
         return self._rerankers[name]
 
     # -- embedding -------------------------------------------------------------------------
@@ -174,19 +202,29 @@ class Localizer:
         if len(ids) == 0:
             return QueryResult([], {"retrieve": retrieve_ms, "rerank": 0.0})
         start = clock(self.device)
-        cand_local = torch.from_numpy(self.database.local_features(ids)).to(self.device).float()
+        grids = self.database.local_features(ids)
+        finite = np.isfinite(grids.reshape(len(ids), -1)).all(axis=1)
+        if not finite.all():  # a corrupt map row: never let it match
+            log.warning("map places %s have non-finite local features; skipped", ids[~finite].tolist())
+            grids, sims, ids = grids[finite], sims[finite], ids[finite]
+        if len(ids) == 0:
+            return QueryResult([], {"retrieve": retrieve_ms, "rerank": 0.0}, skipped=int((~finite).sum()))
         query_local = query_local.float()
         rer = self.reranker(name)
-        result = rer(query_local, cand_local, torch.from_numpy(sims).to(self.device))
-        order = result.order.cpu().numpy()
+        candidates_local = torch.from_numpy(grids).to(self.device).float()
+        result = rer(query_local, candidates_local, torch.from_numpy(sims).to(self.device))
         scores = result.scores.float().cpu()
         homographies = self._to_original_pixels(result.homographies.double().cpu(), ids, query_size)
-        inliers = self._best_inliers(result, rer, int(order[0]), ids, query_size, query_local)
+        usable = [i for i in result.order.cpu().tolist()
+                  if math.isfinite(float(scores[i])) and np.isfinite(homographies[i]).all()]
+        inliers = self._best_inliers(result, rer, usable[0], ids, query_size, query_local) if usable else \
+            np.zeros((0, 2, 2), np.float32)
         rerank_ms = (clock(self.device) - start) * 1e3
         places = self.database.places
         candidates = [Candidate(places[int(ids[i])], float(scores[i]), float(sims[i]), homographies[i])
-                      for i in order]
-        return QueryResult(candidates, {"retrieve": retrieve_ms, "rerank": rerank_ms}, inliers)
+                      for i in usable]
+        skipped = int((~finite).sum()) + len(ids) - len(usable)
+        return QueryResult(candidates, {"retrieve": retrieve_ms, "rerank": rerank_ms}, inliers, skipped)
 
     def _frame_scales(self, ids, query_size):
         frame = float(self.model.backbone.input_size)

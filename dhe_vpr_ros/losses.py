@@ -1,10 +1,19 @@
-"""Training losses. REI: the paper's label-free loss for the homography regressor."""
+# Copyright 2026 dhe_vpr_ros maintainers
+# SPDX-License-Identifier: Apache-2.0
+"""Training losses for the homography regressor and the global descriptor.
+
+* ``corner_loss``: supervised, for pairs whose true homography is known (synthetic views):
+  how far the frame's corners land from where the true homography puts them.
+* ``rei_loss``: the paper's label-free loss, for real pairs without a homography.
+* ``triplet_loss``: the global descriptor's retrieval loss (joint stage).
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import torch
 
+from .geometry import image_corners, warp_points
 from .matching import grid_keypoints, mutual_nearest_neighbours, reprojection_errors, robust_homographies
 
 
@@ -47,6 +56,25 @@ def rei_loss(homographies: torch.Tensor, query_local: torch.Tensor, positive_loc
     else:  # keep the graph so callers can always backward()
         loss = (homographies * 0.0).sum()
     return REIOutput(loss=loss, per_pair=per_pair, used=used, ransac_inliers=inliers_t)
+
+
+def corner_loss(homographies: torch.Tensor, true_homographies: torch.Tensor, size: float,
+                smoothing_px: float = 1.0, robust_px: float = 0.0) -> torch.Tensor:
+    """Mean distance (pixels) between the frame corners mapped by the predicted and by the
+    true homography: the 4-point error, as a loss. (B,) per pair.
+
+    homographies, true_homographies: (B, 3, 3), query -> positive pixels of a ``size`` frame.
+    Distances are Charbonnier-smoothed (sqrt(d^2 + s^2)), so the gradient stays bounded and
+    defined at zero error. ``robust_px`` > 0 bends distances beyond it logarithmically
+    (r log(1 + d / r)): a pair the regressor cannot yet solve still pulls, but no longer
+    outweighs the many it nearly solves.
+    """
+    corners = image_corners(size, size, device=homographies.device, dtype=homographies.dtype)
+    diff = warp_points(homographies, corners) - warp_points(true_homographies.to(homographies.dtype), corners)
+    distance = (diff.pow(2).sum(-1) + smoothing_px ** 2).sqrt()
+    if robust_px > 0:
+        distance = robust_px * torch.log1p(distance / robust_px)
+    return distance.mean(-1)
 
 
 def triplet_loss(query: torch.Tensor, positive: torch.Tensor, negatives: torch.Tensor,

@@ -1,3 +1,5 @@
+# Copyright 2026 dhe_vpr_ros maintainers
+# SPDX-License-Identifier: Apache-2.0
 """The map database: a directory of places with global descriptors and local feature grids.
 
 Layout of ``MAP/``::
@@ -6,39 +8,76 @@ Layout of ``MAP/``::
                     feature shapes, number of places, index type
     global.faiss    FAISS index of L2-normalised global descriptors (inner product);
                     the FAISS row is the place id
-    local.f16       float16 (N, C, H, W) local grids, raw (memory-mappable; np.memmap reads
-                    it): a query reads only the K candidates' rows, so a large map does not
-                    have to fit in RAM
-    places.jsonl    one JSON object per place: place_id, source, timestamp_ns, pose, utm
+    local.f16       float16 (N, C, H, W) local grids, raw rows: a query reads only its K
+                    candidates' rows (one pread each), so a large map never has to fit in RAM
+    places.jsonl    one JSON object per place: place_id, source, timestamp_ns, pose, utm,
+                    image_size
 
-Writes never corrupt a map: a new version is written into a temporary sibling directory,
-fsynced, and swapped in atomically (``renameat2(RENAME_EXCHANGE)`` on Linux). Loading checks
-everything it can and raises ``MapError`` naming the problem instead of returning wrong matches.
+Writes never corrupt a map and never delete what is not a map: a new version is written into
+a locked temporary sibling directory, fsynced, and swapped in atomically
+(``renameat2(RENAME_EXCHANGE)`` on Linux); a target that exists and is not a map is refused.
+Leftovers of a killed writer are removed on the next open or write. Loading checks every file
+and field and raises ``MapError`` naming the file and the field instead of returning wrong
+matches.
 """
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
 import json
+import logging
+import math
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import faiss
 import numpy as np
 
-from .atomic import fsync_directory
+from .atomic import exchange, fsync_directory, locked_tempdir, locked_tempfile, remove_stale, umask_mode
+
+__all__ = ["FORMAT", "MAP_FILES", "MapDatabase", "MapError", "ModelIdentity", "Place", "Pose", "check_replaceable",
+           "clean_leftovers", "is_map"]
+
+log = logging.getLogger(__name__)
 
 FORMAT = "dhe_vpr_ros.map"
 VERSION = 1
 MANIFEST, GLOBAL_INDEX, LOCAL_GRIDS, PLACES = "manifest.json", "global.faiss", "local.f16", "places.jsonl"
+MAP_FILES = (GLOBAL_INDEX, LOCAL_GRIDS, PLACES, MANIFEST)
+INDEX_TYPES = ("flat", "hnsw")
 
 
 class MapError(RuntimeError):
     """A map is missing, corrupt, of a newer format, or built with another model."""
+
+
+def _field(data: dict, name: str, kind, optional: bool = False):
+    """``data[name]`` checked against ``kind`` (a type or tuple of types); ValueError naming
+    the field otherwise. bool is not an int here, whatever Python says."""
+    if name not in data:
+        if optional:
+            return None
+        raise ValueError(f"field {name!r} is missing")
+    value = data[name]
+    if value is None and optional:
+        return None
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if isinstance(value, bool) and bool not in kinds or not isinstance(value, kinds):
+        names = " or ".join(k.__name__ for k in kinds)
+        raise ValueError(f"field {name!r} is {value!r}, not {names}")
+    return value
+
+
+def _numbers(data: dict, name: str, count: int, optional: bool = True, kind=(int, float)) -> tuple | None:
+    value = _field(data, name, list, optional)
+    if value is None:
+        return None
+    if len(value) != count or any(isinstance(v, bool) or not isinstance(v, kind) for v in value):
+        raise ValueError(f"field {name!r} is {value!r}, not {count} numbers")
+    if not all(math.isfinite(v) for v in value):
+        raise ValueError(f"field {name!r} is {value!r}: not finite")
+    return tuple(value)
 
 
 @dataclass(frozen=True)
@@ -62,34 +101,69 @@ class ModelIdentity:
                 "global_dim": self.global_dim}
 
     @classmethod
-    def from_dict(cls, data: dict) -> "ModelIdentity":
-        return cls(data["backbone"], data["weights_sha256"], int(data["input_size"]),
-                   tuple(int(v) for v in data["local_shape"]), int(data["global_dim"]))
+    def from_dict(cls, data) -> "ModelIdentity":
+        """ValueError naming the field for anything that is not a model identity."""
+        if not isinstance(data, dict):
+            raise ValueError(f"is {type(data).__name__}, not an object")
+        shape = _numbers(data, "local_shape", 3, optional=False, kind=int)
+        dims = {"input_size": _field(data, "input_size", int), "global_dim": _field(data, "global_dim", int)}
+        for name, value in {**dims, "local_shape": min(shape)}.items():
+            if not 0 < value <= 65536:
+                raise ValueError(f"field {name!r} is out of range ({data[name]!r})")
+        return cls(_field(data, "backbone", str), _field(data, "weights_sha256", str), dims["input_size"],
+                   shape, dims["global_dim"])
+
+
+@dataclass(frozen=True)
+class Pose:
+    """Where a place was seen from: ``position`` (x, y, z) in metres, ``orientation`` as a
+    quaternion (x, y, z, w), in ``frame_id``."""
+
+    frame_id: str
+    position: tuple[float, float, float]
+    orientation: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 1.0)
+
+    def to_dict(self) -> dict:
+        return {"frame_id": self.frame_id, "position": list(self.position), "orientation": list(self.orientation)}
+
+    @classmethod
+    def from_dict(cls, data) -> "Pose":
+        if not isinstance(data, dict):
+            raise ValueError(f"field 'pose' is {data!r}, not an object")
+        return cls(_field(data, "frame_id", str), _numbers(data, "position", 3, optional=False),
+                   _numbers(data, "orientation", 4, optional=False))
 
 
 @dataclass
 class Place:
-    """Metadata of one map place. ``pose``: {frame_id, position [x,y,z], orientation [x,y,z,w]};
-    ``image_size``: (width, height) of the original image, so homographies come out in its pixels."""
+    """Metadata of one map place. ``image_size``: (width, height) of the original image, so
+    homographies come out in its pixels."""
 
     place_id: int
     source: str = ""
     timestamp_ns: int | None = None
-    pose: dict | None = None
+    pose: Pose | None = None
     utm: tuple[float, float] | None = None
     image_size: tuple[int, int] | None = None
 
     def to_dict(self) -> dict:
         return {"place_id": self.place_id, "source": self.source, "timestamp_ns": self.timestamp_ns,
-                "pose": self.pose, "utm": list(self.utm) if self.utm is not None else None,
+                "pose": self.pose.to_dict() if self.pose is not None else None,
+                "utm": list(self.utm) if self.utm is not None else None,
                 "image_size": list(self.image_size) if self.image_size is not None else None}
 
     @classmethod
-    def from_dict(cls, data: dict) -> "Place":
-        utm, size = data.get("utm"), data.get("image_size")
-        return cls(int(data["place_id"]), data.get("source", ""), data.get("timestamp_ns"),
-                   data.get("pose"), tuple(utm) if utm is not None else None,
-                   tuple(size) if size is not None else None)
+    def from_dict(cls, data) -> "Place":
+        """ValueError naming the field for anything that is not a place record."""
+        if not isinstance(data, dict):
+            raise ValueError(f"is {type(data).__name__}, not an object")
+        size = _numbers(data, "image_size", 2, kind=int)
+        if size is not None and min(size) <= 0:
+            raise ValueError(f"field 'image_size' is {list(size)}, not a positive width and height")
+        pose = data.get("pose")
+        return cls(_field(data, "place_id", int), _field(data, "source", str, optional=True) or "",
+                   _field(data, "timestamp_ns", int, optional=True),
+                   Pose.from_dict(pose) if pose is not None else None, _numbers(data, "utm", 2), size)
 
 
 def _make_index(dim: int, index_type: str):
@@ -98,19 +172,6 @@ def _make_index(dim: int, index_type: str):
     if index_type == "hnsw":
         return faiss.IndexHNSWFlat(dim, 32, faiss.METRIC_INNER_PRODUCT)
     raise ValueError(f"unknown index type {index_type!r}; choose 'flat' (exact) or 'hnsw' (approximate)")
-
-
-def _exchange(a: Path, b: Path) -> bool:
-    """Atomically swap two paths with renameat2(RENAME_EXCHANGE); False where unsupported."""
-    libc_name = ctypes.util.find_library("c")
-    if libc_name is None:
-        return False
-    libc = ctypes.CDLL(libc_name, use_errno=True)
-    if not hasattr(libc, "renameat2"):
-        return False
-    at_fdcwd, rename_exchange = -100, 2
-    result = libc.renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange)
-    return result == 0
 
 
 def _fsync_file(path: Path) -> None:
@@ -154,9 +215,11 @@ class _SpillFile:
     """Grids added since the map was opened, appended to an unlinked-on-close temp file, so
     building a large map needs disk, not RAM. Rows are read back with pread."""
 
+    PREFIX, SUFFIX = ".grids-", ".spill"
+
     def __init__(self, shape: tuple[int, int, int], directory: str | None):
         self.row_shape = shape
-        fd, self.path = tempfile.mkstemp(prefix=".grids-", suffix=".spill", dir=directory)
+        fd, self.path = locked_tempfile(directory, self.PREFIX, self.SUFFIX)  # locked while we live
         self.handle = os.fdopen(fd, "w+b")
         self.count = 0
 
@@ -209,7 +272,8 @@ class MapDatabase:
     def __len__(self) -> int:
         return len(self.places)
 
-    def add(self, global_descriptors: np.ndarray, local_grids: np.ndarray, places: list[Place] | None = None) -> list[int]:
+    def add(self, global_descriptors: np.ndarray, local_grids: np.ndarray,
+            places: list[Place] | None = None) -> list[int]:
         """Append places in memory; returns their ids. Descriptors (N, D) are re-normalised."""
         g = np.ascontiguousarray(global_descriptors, dtype=np.float32).reshape(-1, self.identity.global_dim)
         loc = np.asarray(local_grids)
@@ -268,26 +332,20 @@ class MapDatabase:
 
     # -- persistence ----------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> None:
-        """Write the whole map to ``path`` atomically (a crash leaves the previous map intact)."""
+        """Write the whole map to ``path`` atomically (a crash leaves the previous map intact).
+
+        ``path`` must be new, or an existing map with nothing else in it: anything else is
+        refused with a MapError, never replaced, so no user file is ever deleted.
+        """
         target = Path(path).resolve()
+        check_replaceable(target)
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+        clean_leftovers(target)
+        tmp, lock = locked_tempdir(target.parent, f".{target.name}.tmp-")
         try:
-            faiss.write_index(self._index, str(tmp / GLOBAL_INDEX))
-            # a new map: the spilled grids already are the file; otherwise copy old + new rows
-            if not (self._local is None and self._spill is not None and self._spill.link_to(tmp / LOCAL_GRIDS)):
-                self._write_local(tmp / LOCAL_GRIDS)
-            with open(tmp / PLACES, "w") as handle:
-                for place in self.places:
-                    handle.write(json.dumps(place.to_dict()) + "\n")
-            manifest = {"format": FORMAT, "version": VERSION, "model": self.identity.to_dict(),
-                        "num_places": len(self), "index": self.index_type, "build": self.build_info}
-            (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
-            for name in (GLOBAL_INDEX, LOCAL_GRIDS, PLACES, MANIFEST):
-                _fsync_file(tmp / name)
-            fsync_directory(tmp)
+            self._write_files(tmp)
             if target.exists():
-                if not _exchange(tmp, target):
+                if not exchange(tmp, target):
                     old = target.with_name(f".{target.name}.old-{os.getpid()}")
                     os.replace(target, old)
                     os.replace(tmp, target)
@@ -300,11 +358,30 @@ class MapDatabase:
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
+        finally:
+            os.close(lock)
         # from now on this object reads the saved files, and spilled rows are released
         self._local = _GridFile(target / LOCAL_GRIDS, len(self), self.identity.local_shape) if len(self) else None
         if self._spill is not None:
             self._spill.close()
             self._spill = None
+
+    def _write_files(self, tmp: Path) -> None:
+        faiss.write_index(self._index, str(tmp / GLOBAL_INDEX))
+        # a new map: the spilled grids already are the file; otherwise copy old + new rows
+        if self._local is None and self._spill is not None and self._spill.link_to(tmp / LOCAL_GRIDS):
+            os.chmod(tmp / LOCAL_GRIDS, umask_mode())
+        else:
+            self._write_local(tmp / LOCAL_GRIDS)
+        with open(tmp / PLACES, "w", encoding="utf-8") as handle:
+            for place in self.places:
+                handle.write(json.dumps(place.to_dict()) + "\n")
+        manifest = {"format": FORMAT, "version": VERSION, "model": self.identity.to_dict(),
+                    "num_places": len(self), "index": self.index_type, "build": self.build_info}
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
+        for name in MAP_FILES:
+            _fsync_file(tmp / name)
+        fsync_directory(tmp)
 
     def _write_local(self, path: Path) -> None:
         with open(path, "wb") as out:
@@ -312,49 +389,149 @@ class MapDatabase:
                 out.write(self.local_features(np.arange(start, min(start + 256, len(self)))).tobytes())
 
     @classmethod
-    def open(cls, path: str | os.PathLike, expect: ModelIdentity | None = None) -> "MapDatabase":
-        """Open a map read-only (local grids memory-mapped), checking it against ``expect``."""
+    def open(cls, path: str | os.PathLike, expect: ModelIdentity | None = None) -> "MapDatabase":  # noqa: A003
+        """Open a map read-only, checking every file against the manifest and the manifest
+        against ``expect``; any problem is a MapError naming the file and the field. Leftovers
+        of a writer that died beside this map are removed."""
         path = Path(path)
-        if not (path / MANIFEST).is_file():
-            raise MapError(f"no map at {path}: {MANIFEST} is missing (build one with build-map)")
-        try:
-            manifest = json.loads((path / MANIFEST).read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise MapError(f"map manifest {path / MANIFEST} is unreadable: {exc}") from exc
-        if manifest.get("format") != FORMAT:
-            raise MapError(f"{path} is not a dhe_vpr_ros map (format {manifest.get('format')!r})")
-        if int(manifest.get("version", 0)) > VERSION:
-            raise MapError(f"map {path} has format version {manifest['version']}, newer than this "
-                           f"dhe_vpr_ros supports ({VERSION}); upgrade the package")
-        identity = ModelIdentity.from_dict(manifest["model"])
+        clean_leftovers(path.resolve())
+        manifest = read_manifest(path)
+        identity, num = manifest["identity"], manifest["num_places"]
         if expect is not None and identity != expect:
-            diffs = [f"{k}: map {v!r} vs model {expect.to_dict()[k]!r}"
-                     for k, v in identity.to_dict().items() if v != expect.to_dict()[k]]
-            built_with = manifest.get("build", {}).get("checkpoint") or "ImageNet backbone, no checkpoint"
-            raise MapError(f"map {path} was built with another model ({'; '.join(diffs)}); "
-                           f"rebuild the map or load the checkpoint it was built with ({built_with})")
-        num = int(manifest["num_places"])
-        if not (path / GLOBAL_INDEX).is_file():
-            raise MapError(f"map {path} is missing its global index {GLOBAL_INDEX}")
-        try:
-            index = faiss.read_index(str(path / GLOBAL_INDEX))
-        except RuntimeError as exc:
-            raise MapError(f"map {path}: global index is corrupt ({str(exc).splitlines()[0]})") from exc
-        if index.ntotal != num or index.d != identity.global_dim:
-            raise MapError(f"map {path}: global index holds {index.ntotal} x {index.d}, manifest says "
-                           f"{num} x {identity.global_dim}")
+            raise MapError(_model_mismatch(path, identity, expect, manifest["build"]))
+        index = read_index(path, num, identity.global_dim)
         expected_bytes = num * int(np.prod(identity.local_shape)) * 2
         local_file = path / LOCAL_GRIDS
         actual = local_file.stat().st_size if local_file.is_file() else -1
         if actual != expected_bytes:
             raise MapError(f"map {path}: {LOCAL_GRIDS} has {max(actual, 0)} bytes, expected "
                            f"{expected_bytes} for {num} places (truncated or missing file)")
-        try:
-            places = [Place.from_dict(json.loads(line)) for line in (path / PLACES).read_text().splitlines() if line]
-        except (OSError, json.JSONDecodeError, KeyError) as exc:
-            raise MapError(f"map {path}: place metadata {PLACES} is unreadable ({exc})") from exc
-        if len(places) != num:
-            raise MapError(f"map {path}: {len(places)} place records for {num} places")
+        places = read_places(path, num)
         local = _GridFile(local_file, num, identity.local_shape) if num else None
-        return cls(identity, manifest.get("index", "flat"), places, dict(manifest.get("build", {})),
-                   index, local)
+        return cls(identity, manifest["index"], places, manifest["build"], index, local)
+
+
+def _model_mismatch(path: Path, identity: ModelIdentity, expect: ModelIdentity, build: dict) -> str:
+    diffs = [f"{k}: map {v!r} vs model {expect.to_dict()[k]!r}"
+             for k, v in identity.to_dict().items() if v != expect.to_dict()[k]]
+    built_with = build.get("checkpoint") or "ImageNet backbone, no checkpoint"
+    return (f"map {path} was built with another model ({'; '.join(diffs)}); "
+            f"rebuild the map or load the checkpoint it was built with ({built_with})")
+
+
+def read_manifest(path: Path) -> dict:
+    """The checked manifest: identity, num_places, index type and build info."""
+    file = path / MANIFEST
+    if not file.is_file():
+        raise MapError(f"no map at {path}: {MANIFEST} is missing (build one with build-map)")
+    try:
+        manifest = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise MapError(f"map manifest {file} is unreadable: {exc}") from exc
+    if not isinstance(manifest, dict):
+        raise MapError(f"map manifest {file} holds a {type(manifest).__name__}, not an object")
+    if manifest.get("format") != FORMAT:
+        raise MapError(f"{path} is not a dhe_vpr_ros map ({file}: format {manifest.get('format')!r})")
+    try:
+        version = _field(manifest, "version", int)
+        if version > VERSION:
+            raise MapError(f"map {path} has format version {version}, newer than this "
+                           f"dhe_vpr_ros supports ({VERSION}); upgrade the package")
+        identity = ModelIdentity.from_dict(_field(manifest, "model", dict))
+        num = _field(manifest, "num_places", int)
+        if num < 0:
+            raise ValueError(f"field 'num_places' is {num}")
+        index = _field(manifest, "index", str, optional=True) or "flat"
+        if index not in INDEX_TYPES:
+            raise ValueError(f"field 'index' is {index!r}, not one of {', '.join(INDEX_TYPES)}")
+        build = _field(manifest, "build", dict, optional=True) or {}
+    except ValueError as exc:
+        raise MapError(f"map manifest {file}: {exc}") from None
+    return {"identity": identity, "num_places": num, "index": index, "build": build}
+
+
+def read_index(path: Path, num: int, dim: int):
+    """The FAISS index, checked against the manifest before and after reading, its vectors finite."""
+    file = path / GLOBAL_INDEX
+    if not file.is_file():
+        raise MapError(f"map {path} is missing its global index {GLOBAL_INDEX}")
+    vectors_bytes = num * dim * 4
+    # the file holds the vectors and, for HNSW, at most a few KB of links per place: anything
+    # else is corrupt, and reading it could make FAISS allocate whatever its header claims
+    if not vectors_bytes <= file.stat().st_size <= vectors_bytes + 4096 * num + (1 << 20):
+        raise MapError(f"map {path}: {GLOBAL_INDEX} has {file.stat().st_size} bytes, not what {num} "
+                       f"descriptors of {dim} floats need (corrupt or from another map)")
+    try:
+        index = faiss.read_index(str(file))
+    except (RuntimeError, MemoryError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise MapError(f"map {path}: {GLOBAL_INDEX} is corrupt ({reason})") from None
+    if index.ntotal != num or index.d != dim:
+        raise MapError(f"map {path}: {GLOBAL_INDEX} holds {index.ntotal} x {index.d}, manifest says "
+                       f"{num} x {dim}")
+    for start in range(0, num, 8192):  # bounded memory for a large map
+        chunk = index.reconstruct_n(start, min(8192, num - start))
+        bad = np.flatnonzero(~np.isfinite(chunk).all(axis=1))
+        if bad.size:
+            raise MapError(f"map {path}: {GLOBAL_INDEX}: the global descriptor of place {start + int(bad[0])} "
+                           "is not finite (NaN or Inf); rebuild the map")
+    return index
+
+
+def read_places(path: Path, num: int) -> list[Place]:
+    file = path / PLACES
+    try:
+        lines = file.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise MapError(f"map {path}: place metadata {PLACES} is missing") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise MapError(f"map {path}: {file} is unreadable ({exc})") from None
+    places = []
+    for number, line in enumerate((ln for ln in lines if ln.strip()), 1):
+        try:
+            place = Place.from_dict(json.loads(line))
+        except json.JSONDecodeError as exc:
+            raise MapError(f"map {path}: {PLACES} line {number} is not JSON ({exc})") from None
+        except ValueError as exc:
+            raise MapError(f"map {path}: {PLACES} line {number}: {exc}") from None
+        if place.place_id != number - 1:
+            raise MapError(f"map {path}: {PLACES} line {number}: field 'place_id' is {place.place_id}, "
+                           f"expected {number - 1}")
+        places.append(place)
+    if len(places) != num:
+        raise MapError(f"map {path}: {len(places)} place records in {PLACES} for {num} places")
+    return places
+
+
+def is_map(path: Path) -> bool:
+    """A directory holding a dhe_vpr_ros manifest (whatever its state)."""
+    try:
+        return json.loads((path / MANIFEST).read_text(encoding="utf-8")).get("format") == FORMAT
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError):
+        return False
+
+
+def check_replaceable(target: Path) -> None:
+    """MapError unless ``target`` is absent or a map directory holding only map files."""
+    if not target.exists() and not target.is_symlink():
+        return
+    if not target.is_dir() or not is_map(target):
+        kind = "directory" if target.is_dir() else "file"
+        raise MapError(f"refusing to write a map to {target}: it is an existing {kind} that is not a "
+                       "dhe_vpr_ros map; choose a new path (nothing was changed)")
+    foreign = sorted(p.name for p in target.iterdir() if p.name not in MAP_FILES)
+    if foreign:
+        raise MapError(f"refusing to replace the map {target}: it also holds files that are not part "
+                       f"of a map ({', '.join(foreign[:5])}); move them or choose a new path")
+
+
+def clean_leftovers(target: Path) -> list[Path]:
+    """Remove what a killed writer left beside ``target``: its temporary map directories and
+    spilled grids (only those no living process holds)."""
+    parent = target.parent
+    # (a ".NAME.old-PID" directory is never removed: without renameat2 it can be the only copy)
+    removed = remove_stale(parent, f".{target.name}.tmp-") + remove_stale(parent, _SpillFile.PREFIX, _SpillFile.SUFFIX)
+    if removed:
+        log.info("removed %d leftovers of an interrupted map write: %s", len(removed),
+                 ", ".join(p.name for p in removed))
+    return removed

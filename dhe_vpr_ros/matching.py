@@ -1,3 +1,5 @@
+# Copyright 2026 dhe_vpr_ros maintainers
+# SPDX-License-Identifier: Apache-2.0
 """Dense patch matching between a query grid and K candidate grids, batched.
 
 A feature grid is ``(C, H, W)`` (one image) or ``(K, C, H, W)`` (K images), L2-normalised

@@ -1,8 +1,10 @@
-"""Re-ranking of retrieved candidates: learned homography (DHE), RANSAC, or none.
+# Copyright 2026 dhe_vpr_ros maintainers
+# SPDX-License-Identifier: Apache-2.0
+"""Re-ranking of retrieved candidates: learned homography (DHE), RANSAC, MAGSAC, or none.
 
 All re-rankers take the same inputs (the query's local grid, the K candidates' grids and
 their global similarities) and return the same ``RerankResult``, so the map database and the
-node switch between them by name.
+node switch between them by name (``RERANKERS``, ``make_reranker``).
 """
 from __future__ import annotations
 
@@ -11,8 +13,23 @@ from dataclasses import dataclass
 import torch
 
 from .matching import Matches, count_inliers, grid_keypoints, mutual_nearest_neighbours, robust_homographies
+from .refine import refine_homographies
 
-RERANKERS = ("dhe", "ransac", "none")
+__all__ = ["DEFAULT_REFINE_ROUNDS", "MIN_VERIFIED_INLIERS", "REFINE_END_PATCHES", "REFINE_START_PATCHES",
+           "RERANKERS", "RerankResult", "Reranker", "make_reranker"]
+
+RERANKERS = ("dhe", "ransac", "magsac", "none")
+# Rounds of inlier refitting after the regressor (0: publish the regressed homography), and the
+# inlier window (in patches) they shrink through. Chosen by benchmarks/homography_accuracy.py and
+# benchmarks/recall_real.py: see README "Measured" (a 4- or 6-patch first window gained recall on
+# low-resolution crops but lost accuracy on synthetic views).
+DEFAULT_REFINE_ROUNDS = 4
+REFINE_START_PATCHES = 3.0
+REFINE_END_PATCHES = 1.5
+# A DHE score below this (mutual-NN inliers) is no geometric evidence: wrong places reach 15-27
+# on the demo. Such candidates keep their retrieval order behind the verified ones, so that a
+# query no candidate verifies is answered as retrieval alone answers it.
+MIN_VERIFIED_INLIERS = 40
 
 
 @dataclass
@@ -30,6 +47,12 @@ class RerankResult:
 def _order(scores: torch.Tensor) -> torch.Tensor:
     """Best first; ties keep the retrieval order (candidates arrive sorted by similarity)."""
     return torch.sort(scores.float(), descending=True, stable=True).indices
+
+
+def _verified_order(scores: torch.Tensor, min_inliers: float) -> torch.Tensor:
+    """Candidates with at least ``min_inliers`` best first, then the rest in retrieval order."""
+    verified = scores.float() >= min_inliers
+    return torch.sort(torch.where(verified, scores.float(), -1.0), descending=True, stable=True).indices
 
 
 class Reranker:
@@ -64,21 +87,29 @@ class _PatchMatchingReranker(Reranker):
 
 
 class DHEReranker(_PatchMatchingReranker):
-    """Score = mutual-NN matches consistent with the regressed homography (3 patches)."""
+    """Score = mutual-NN matches consistent with the homography (within 3 patches): the
+    regressed one, refitted ``refine_rounds`` times to the matches it explains. Only candidates
+    with ``min_verified_inliers`` or more are moved ahead of the retrieval order."""
 
     name = "dhe"
 
-    CPU_CHUNK = 2  # pairs per transformer pass on a CPU (see HomographyRegressor.homographies)
-
     def __init__(self, model, stride: int = 16, threshold_patches: float = 3.0,
-                 chunk_size: int | str | None = "auto"):
+                 chunk_size: int | str | None = "auto", refine_rounds: int = DEFAULT_REFINE_ROUNDS,
+                 min_verified_inliers: float = MIN_VERIFIED_INLIERS):
         super().__init__(stride, threshold_patches)
+        if refine_rounds < 0:
+            raise ValueError(f"refine_rounds must be 0 or more, not {refine_rounds}")
         self.model = model
         self.chunk_size = chunk_size
+        self.refine_rounds = refine_rounds
+        self.refine_start_px = REFINE_START_PATCHES * stride
+        self.refine_end_px = REFINE_END_PATCHES * stride
+        self.min_verified_inliers = min_verified_inliers
 
     def chunk_for(self, device: torch.device) -> int | None:
+        """Pairs per transformer pass: all K on a GPU, a cache-sized few on a CPU."""
         if self.chunk_size == "auto":
-            return None if device.type != "cpu" else self.CPU_CHUNK
+            return None if device.type != "cpu" else self.model.regressor.cpu_chunk()
         return self.chunk_size
 
     @torch.no_grad()
@@ -86,18 +117,20 @@ class DHEReranker(_PatchMatchingReranker):
         kps, matches = self._setup(query_local, candidate_local)
         homographies = self.model.homographies(query_local, candidate_local,
                                                self.chunk_for(candidate_local.device))
+        if self.refine_rounds:
+            homographies = refine_homographies(homographies, kps, kps, matches, self.refine_rounds,
+                                               self.refine_start_px, self.refine_end_px)
         scores = count_inliers(homographies, kps, kps, matches, self.threshold_px)
-        return RerankResult(scores, _order(scores), homographies, matches)
+        return RerankResult(scores, _verified_order(scores, self.min_verified_inliers), homographies, matches)
 
 
 class RansacReranker(_PatchMatchingReranker):
     """Score = inliers of an OpenCV RANSAC / USAC_MAGSAC homography on the same matches."""
 
-    name = "ransac"
-
     def __init__(self, stride: int = 16, threshold_patches: float = 1.5, method: str = "ransac"):
         super().__init__(stride, threshold_patches)
         self.method = method
+        self.name = method
 
     @torch.no_grad()
     def __call__(self, query_local, candidate_local, global_similarity):
@@ -110,13 +143,14 @@ class RansacReranker(_PatchMatchingReranker):
 
 
 def make_reranker(name: str, model=None, stride: int = 16, **options) -> Reranker:
-    """Factory by name: 'dhe' needs the model; options go to the re-ranker's constructor."""
+    """Factory by name (``RERANKERS``): 'dhe' needs the model; options go to the re-ranker's
+    constructor ('ransac' and 'magsac' are one class with OpenCV's two estimators)."""
     if name == "dhe":
         if model is None:
             raise ValueError("the 'dhe' re-ranker needs a model with a homography regressor")
         return DHEReranker(model, stride=stride, **options)
-    if name == "ransac":
-        return RansacReranker(stride=stride, **options)
+    if name in ("ransac", "magsac"):
+        return RansacReranker(stride=stride, method=name, **options)
     if name == "none":
         return NoReranker()
     raise ValueError(f"unknown re-ranker {name!r}; choose from {', '.join(RERANKERS)}")

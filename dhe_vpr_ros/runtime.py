@@ -1,4 +1,6 @@
-"""Choosing the device and the model for a command or the node, in one place."""
+# Copyright 2026 dhe_vpr_ros maintainers
+# SPDX-License-Identifier: Apache-2.0
+"""Setting up for a command or the node, in one place: device -> model -> map -> Localizer."""
 from __future__ import annotations
 
 import logging
@@ -9,6 +11,8 @@ import torch
 
 from .models import VPRModel, build_model, load_checkpoint
 from .models.checkpoint import file_sha256
+
+__all__ = ["default_checkpoint", "load_model", "open_localizer", "resolve_device"]
 
 log = logging.getLogger(__name__)
 
@@ -54,3 +58,22 @@ def load_model(checkpoint: str | os.PathLike | None = None, backbone: str | None
     model = build_model(name, pretrained=True).to(device).eval()
     return model, {"checkpoint": None, "checkpoint_sha256": None}
 
+
+def open_localizer(checkpoint: str | os.PathLike | None = None, backbone: str | None = None,
+                   device: str | None = "cpu", map_path: str | os.PathLike | None = None, *,
+                   new_map=None, logger=None, **options):
+    """The one setup every command and the node share: resolve the device, load the model,
+    open the map at ``map_path`` (checked against the model) or make a new one
+    (``new_map(model, build_info)``, default: an empty in-memory map), and tie them into a
+    ``Localizer``; ``options`` (reranker, top_k, refine_rounds) go to it."""
+    from .localizer import Localizer, model_identity
+    from .mapdb import MapDatabase
+    dev = resolve_device(device, logger)
+    model, build_info = load_model(checkpoint or None, backbone or None, dev, logger)
+    if map_path:
+        database = MapDatabase.open(map_path, expect=model_identity(model))
+    elif new_map is not None:
+        database = new_map(model, build_info)
+    else:
+        database = MapDatabase(model_identity(model), build_info=build_info)
+    return Localizer(model, database, dev, **options)

@@ -1,3 +1,5 @@
+# Copyright 2026 dhe_vpr_ros maintainers
+# SPDX-License-Identifier: Apache-2.0
 """Synthetic data with known geometry: random homographies and warped feature grids.
 
 Used by tests and benchmarks (and by training on unlabelled images, where the true warp is

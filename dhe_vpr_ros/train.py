@@ -1,11 +1,19 @@
-"""``train``: the paper's two stages, resumable, single process or DDP (torchrun).
+# Copyright 2026 dhe_vpr_ros maintainers
+# SPDX-License-Identifier: Apache-2.0
+"""``train``: the homography regressor, then optionally the backbone with it; resumable, DDP.
 
-* stage ``dhe``: backbone frozen, the homography regressor learns from the REI loss.
+* stage ``dhe``: backbone frozen, the homography regressor learns. Labelled pairs (synthetic
+  second views of photographs, ``views``) give the supervised corner loss; pairs without a
+  label (geo datasets) give the paper's REI loss; ``--supervised-weight`` and ``--rei-weight``
+  mix the two. The views grow from mild to the strongest perspective over
+  ``--curriculum-epochs``.
 * stage ``joint``: the backbone's last blocks and the regressor together; triplet loss with
-  partial hard-negative mining on global descriptors + REI loss through the backbone.
+  partial hard-negative mining on global descriptors + the homography losses through the
+  backbone.
 
 Output directory: ``last.pt`` (model + full training state, written every epoch and on
-Ctrl-C), ``best.pt`` (best validation Recall@1, ties broken by corner error), ``config.json``
+Ctrl-C / SIGTERM), ``best.pt`` (best validation Recall@1, ties broken by the corner error of
+the published, refined homography), ``config.json`` (every setting, the view recipe included)
 and ``history.jsonl`` beside them, TensorBoard events under ``tensorboard/``. Checkpoints are
 ordinary dhe_vpr_ros checkpoints: ``build-map``, ``query`` and the node load them as they are.
 """
@@ -17,7 +25,7 @@ import logging
 import math
 import os
 import signal
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -29,15 +37,18 @@ from tqdm import tqdm
 
 from .atomic import atomic_write
 from .build_map import add_frames
-from .datasets import bag_frames, folder_frames, geo_split
+from .datasets import Frame, bag_frames, folder_frames, geo_split
 from .geometry import corner_error
 from .localizer import Localizer, model_identity, normalise
-from .losses import rei_loss, triplet_loss
+from .losses import corner_loss, rei_loss, triplet_loss
 from .mapdb import MapDatabase
 from .matching import grid_keypoints, mutual_nearest_neighbours, robust_homographies
 from .models import BACKBONES, VPRModel, build_model, load_checkpoint, save_checkpoint
+from .refine import refine_homographies
+from .rerank import DEFAULT_REFINE_ROUNDS, REFINE_END_PATCHES, REFINE_START_PATCHES
 from .runtime import resolve_device
 from .training_data import GeoPairs, WarpedPairs, load_square, negatives_pool, sample_rng
+from .views import ViewRecipe
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +60,8 @@ class TrainConfig:
     out: str
     stage: str = "dhe"
     dataset: str | None = None
-    images: str | None = None
+    images: list[str] | None = None
+    exclude: list[str] = field(default_factory=list)
     bag: str | None = None
     topic: str | None = None
     backbone: str = "efficientnet_lite0"
@@ -59,18 +71,25 @@ class TrainConfig:
     batch_size: int = 4
     lr: float = 1e-5
     lr_schedule: str = "none"
+    clip_grad: float = 10.0
     margin: float = 0.1
     negatives: int = 2
     mining_pool: int = 1000
     cache_refresh: int = 1000
+    supervised_weight: float = 1.0
+    robust_px: float = 64.0
     rei_weight: float = 1.0
     warp_repeats: int | None = None
+    difficulty: float = 1.0
+    curriculum_epochs: int = 0
+    curriculum_start: float = 0.25
+    views: dict = field(default_factory=lambda: ViewRecipe().to_dict())
     unfreeze_from: int | None = None
-    max_shift: float = 0.2
     positive_dist_train: float = 10.0
     positive_dist_val: float = 25.0
     val_fraction: float = 0.1
     val_top_k: int = 10
+    val_every: int = 1
     max_samples: int | None = None
     seed: int = 0
     device: str = "cpu"
@@ -79,8 +98,44 @@ class TrainConfig:
     tensorboard: bool = True
     extra: dict = field(default_factory=dict)
 
+    @classmethod
+    def from_dict(cls, data: dict) -> "TrainConfig":
+        """A config from config.json, ignoring (and naming) settings this version no longer has."""
+        known = {f.name for f in fields(cls)}
+        dropped = sorted(set(data) - known)
+        if dropped:
+            log.warning("config.json: ignoring settings this version does not have: %s", ", ".join(dropped))
+        values = {k: v for k, v in data.items() if k in known}
+        if isinstance(values.get("images"), str):  # before 0.2: one folder
+            values["images"] = [values["images"]]
+        return cls(**values)
+
+    def recipe(self) -> ViewRecipe:
+        views = dict(self.views)
+        views["crop"] = tuple(views.get("crop", ViewRecipe().crop))
+        return ViewRecipe(**views)
+
+    def band(self, epoch: int) -> tuple[float, float]:
+        """The difficulty band of an epoch's views: its top grows linearly from
+        ``curriculum_start`` to ``difficulty`` over ``curriculum_epochs``."""
+        if self.curriculum_epochs <= 0:
+            return (0.0, self.difficulty)
+        progress = min(1.0, epoch / self.curriculum_epochs)
+        start = min(self.curriculum_start, self.difficulty)
+        return (0.0, start + (self.difficulty - start) * progress)
+
 
 # -- data ---------------------------------------------------------------------------------
+def _image_frames(cfg: TrainConfig) -> list[Frame]:
+    import fnmatch
+    frames = [f for folder in cfg.images for f in folder_frames(folder)]
+    if cfg.exclude:
+        frames = [f for f in frames if not any(fnmatch.fnmatch(Path(f.source).name, p) for p in cfg.exclude)]
+        if not frames:
+            raise ValueError(f"--exclude {cfg.exclude} leaves no images")
+    return frames
+
+
 def make_datasets(cfg: TrainConfig, size: int):
     """(train dataset, validation spec). Errors on empty or unlabelled data come from here,
     before any model is built."""
@@ -93,7 +148,7 @@ def make_datasets(cfg: TrainConfig, size: int):
                "database": folder_frames(geo_split(root / "val", "database"), with_utm=True)}
         return train, val
     if cfg.images:
-        frames = folder_frames(cfg.images)
+        frames = _image_frames(cfg)
     elif cfg.bag:
         if not cfg.topic:
             raise ValueError("--bag needs --topic")
@@ -107,20 +162,34 @@ def make_datasets(cfg: TrainConfig, size: int):
     n_val = max(1, int(round(len(frames) * cfg.val_fraction))) if len(frames) > 1 else 0
     if len(frames) - n_val < 1:
         raise ValueError("need at least 2 images (training and validation)")
-    train = WarpedPairs(frames[:len(frames) - n_val], size, cfg.seed, cfg.max_shift)
-    val = {"kind": "warped", "pairs": WarpedPairs(frames[len(frames) - n_val:], size, cfg.seed + 1, cfg.max_shift)}
-    return train, val
+    # validation: every n-th image, so that each source folder is represented
+    val_ids = set(np.linspace(0, len(frames) - 1, n_val).round().astype(int).tolist())
+    recipe = cfg.recipe()
+    train = WarpedPairs([f for i, f in enumerate(frames) if i not in val_ids], size, cfg.seed, cfg.band(0), recipe)
+    val_pairs = WarpedPairs([frames[i] for i in sorted(val_ids)], size, cfg.seed + 1, (0.0, cfg.difficulty), recipe)
+    return train, {"kind": "warped", "pairs": val_pairs}
 
 
 # -- the differentiable step (what DDP wraps) ---------------------------------------------
+@dataclass
+class StepOutput:
+    loss: torch.Tensor
+    corner: torch.Tensor  # (B,) 4-point error of each pair, NaN where unlabelled
+    rei: torch.Tensor  # scalar REI loss (0 when not used)
+    triplet: torch.Tensor
+    homographies: torch.Tensor
+
+
 class TrainStep(nn.Module):
     def __init__(self, model: VPRModel, cfg: TrainConfig):
         super().__init__()
         self.model, self.cfg = model, cfg
 
-    def forward(self, query, positive, negatives=None, features=None):
-        """``features``: precomputed (query, positive) local grids (frozen backbone only)."""
+    def forward(self, query, positive, h_true, negatives=None, features=None) -> tuple:
+        """The fields of a ``StepOutput`` as a tuple (what DDP can look into).
+        ``features``: precomputed (query, positive) local grids (frozen backbone only)."""
         model, cfg = self.model, self.cfg
+        fq = fp = None
         if features is not None:
             q_local, p_local = features
         else:
@@ -129,15 +198,28 @@ class TrainStep(nn.Module):
                 fp = model.embed(normalise(positive, model))
             q_local, p_local = fq.local, fp.local
         h = model.homographies(q_local, p_local)
-        rei = rei_loss(h, q_local.float(), p_local.float(), model.backbone.stride)
-        loss = cfg.rei_weight * rei.loss
-        trip = torch.zeros((), device=h.device)
+        zero = torch.zeros((), device=h.device)
+        loss, rei = zero, zero
+        labelled = torch.isfinite(h_true).flatten(1).all(1) & torch.isfinite(h).flatten(1).all(1)
+        corner = torch.full((h.shape[0],), float("nan"), device=h.device)
+        if labelled.any():
+            size = float(model.backbone.input_size)
+            corner = corner.masked_scatter(labelled, corner_loss(h[labelled].detach(), h_true[labelled], size))
+            if cfg.supervised_weight:
+                robust = corner_loss(h[labelled], h_true[labelled], size, robust_px=cfg.robust_px)
+                loss = loss + cfg.supervised_weight * robust.mean()
+        if cfg.rei_weight:
+            rei = rei_loss(torch.nan_to_num(h), q_local.float(), p_local.float(), model.backbone.stride).loss
+            loss = loss + cfg.rei_weight * rei
+        trip = zero
         if negatives is not None:
             b, m = negatives.shape[:2]
             fn = model.embed(normalise(negatives.flatten(0, 1), model)).global_.view(b, m, -1)
             trip = triplet_loss(fq.global_.float(), fp.global_.float(), fn.float(), cfg.margin)
             loss = loss + trip
-        return loss, rei, trip, h
+        if not loss.requires_grad:  # nothing to learn from this batch: keep backward() valid
+            loss = loss + 0.0 * h.sum()
+        return loss, corner, rei, trip, h
 
 
 # -- triplet mining -----------------------------------------------------------------------
@@ -182,45 +264,52 @@ class NegativeMiner:
 # -- validation ---------------------------------------------------------------------------
 @torch.no_grad()
 def validate(model: VPRModel, val: dict, cfg: TrainConfig, device: torch.device) -> dict:
-    """Recall@1 with and without DHE; on warped pairs also the corner error of DHE and of
-    RANSAC on the same matches against the true warp, and the REI loss."""
+    """Recall@1 with and without DHE; on labelled views also the corner error of DHE (as
+    regressed and refined), of RANSAC on the same matches and of the identity."""
     model.eval()
-    db = MapDatabase(model_identity(model))
-    loc = Localizer(model, db, device, reranker="dhe", top_k=cfg.val_top_k)
-    metrics: dict = {}
+    loc = Localizer(model, MapDatabase(model_identity(model)), device, reranker="dhe", top_k=cfg.val_top_k)
     if val["kind"] == "geo":
         from .evaluate import evaluate
         add_frames(loc, val["database"], 16, len(val["database"]), desc="val database")
         report = evaluate(loc, val["queries"], ("none", "dhe"), cfg.val_top_k, cfg.positive_dist_val, (1, 5))
         metrics = {f"recall@{n}/{name}": r for name, rec in report["recall"].items() for n, r in rec.items()}
     else:
-        pairs: WarpedPairs = val["pairs"]
-        pairs.epoch = 0
-        add_frames(loc, [_frame_of(pairs, i) for i in range(len(pairs))], 16, desc="val map")
-        errs_dhe, errs_ransac, errs_id, rei, hits = [], [], [], [], {"none": 0, "dhe": 0}
-        stride = model.backbone.stride
-        for i in range(len(pairs)):
-            s = pairs[i]
-            q_local, q_global = loc.embed([s["query"].numpy()])  # once, for both re-rankers and the pair
-            for name in hits:
-                ranked = loc.rank(q_local[0], q_global[0], (pairs.size, pairs.size), name)
-                hits[name] += int(ranked.best.place_id == i)
-            p_local = model.embed(normalise(s["positive"][None].to(device), model)).local
-            h = model.homographies(q_local, p_local)
-            truth = s["h_true"][None].to(device)
-            size = float(pairs.size)
-            errs_dhe.append(corner_error(h.float(), truth, size, size).item())
-            errs_id.append(corner_error(torch.eye(3, device=device)[None], truth, size, size).item())
-            kps = grid_keypoints(*q_local.shape[-2:], stride, device=device)
-            hr, _ = robust_homographies(kps, kps, mutual_nearest_neighbours(q_local[0], p_local),
-                                        1.5 * stride, "ransac")
-            errs_ransac.append(corner_error(torch.from_numpy(hr).float().to(device), truth, size, size).item())
-            rei.append(rei_loss(h, q_local, p_local, stride).loss.item())
-        n = max(len(pairs), 1)
-        metrics = {"recall@1/none": 100.0 * hits["none"] / n, "recall@1/dhe": 100.0 * hits["dhe"] / n,
-                   "corner_error/dhe": float(np.mean(errs_dhe)), "corner_error/ransac": float(np.mean(errs_ransac)),
-                   "corner_error/identity": float(np.mean(errs_id)), "rei_loss": float(np.mean(rei))}
+        metrics = _validate_views(model, loc, val["pairs"], device)
     _train_mode(model)
+    return metrics
+
+
+def _validate_views(model: VPRModel, loc: Localizer, pairs: WarpedPairs, device: torch.device) -> dict:
+    pairs.epoch = 0
+    samples = [pairs[i] for i in range(len(pairs))]
+    add_frames(loc, [Frame(f"val-{i}", lambda s=s: s["positive"].numpy()) for i, s in enumerate(samples)],
+               16, desc="val map")
+    stride, size = model.backbone.stride, float(pairs.size)
+    errors: dict[str, list[float]] = {"dhe": [], "dhe+refine": [], "ransac": [], "identity": []}
+    hits, rei = {"none": 0, "dhe": 0}, []
+    for i, s in enumerate(samples):
+        q_local, q_global = loc.embed([s["query"].numpy()])  # once, for both re-rankers and the pair
+        for name in hits:
+            ranked = loc.rank(q_local[0], q_global[0], (pairs.size, pairs.size), name)
+            hits[name] += int(ranked.best.place_id == i)
+        p_local = torch.from_numpy(loc.database.local_features([i])).to(device).float()
+        q_local = q_local.float()
+        kps = grid_keypoints(*q_local.shape[-2:], stride, device=device)
+        matches = mutual_nearest_neighbours(q_local[0], p_local)
+        h = model.homographies(q_local, p_local).float()
+        refined = refine_homographies(h, kps, kps, matches, DEFAULT_REFINE_ROUNDS, REFINE_START_PATCHES * stride,
+                                      REFINE_END_PATCHES * stride)
+        h_ransac, _ = robust_homographies(kps, kps, matches, 1.5 * stride, "ransac")
+        truth = s["h_true"][None].to(device)
+        for name, estimate in (("dhe", h), ("dhe+refine", refined), ("identity", torch.eye(3, device=device)[None]),
+                               ("ransac", torch.from_numpy(h_ransac).float().to(device))):
+            errors[name].append(corner_error(estimate, truth, size, size).item())
+        rei.append(rei_loss(torch.nan_to_num(h), q_local, p_local, stride).loss.item())
+    n = max(len(samples), 1)
+    metrics = {"recall@1/none": 100.0 * hits["none"] / n, "recall@1/dhe": 100.0 * hits["dhe"] / n}
+    metrics.update({f"corner_error/{name}": float(np.nanmean(v)) for name, v in errors.items()})
+    metrics.update({f"corner_error_median/{name}": float(np.nanmedian(v)) for name, v in errors.items()})
+    metrics["rei_loss"] = float(np.mean(rei))
     return metrics
 
 
@@ -231,18 +320,68 @@ def _train_mode(model: VPRModel) -> None:
     model.backbone.eval()
 
 
-def _frame_of(pairs: WarpedPairs, index: int):
-    from .datasets import Frame
-    return Frame(f"val-{index}", lambda i=index: pairs.image(i))
-
-
 def best_key(metrics: dict) -> tuple:
-    return (metrics.get("recall@1/dhe", 0.0), -metrics.get("corner_error/dhe", 0.0))
+    """Recall@1 first, then the median corner error of the published (refined) homography,
+    then that of the regressed one (refinement often ties at the matches' grid accuracy):
+    medians, because a few very hard views dominate any mean."""
+    def error(name):
+        value = metrics.get(f"corner_error_median/{name}", metrics.get(f"corner_error/{name}", 1e9))
+        return -(value if math.isfinite(value) else 1e9)
+    return (metrics.get("recall@1/dhe", 0.0), error("dhe+refine"), error("dhe"))
 
 
-# -- the loop -----------------------------------------------------------------------------
+# -- the run ------------------------------------------------------------------------------
+@dataclass
+class RunState:
+    """Where a run stands; saved in last.pt so that --resume continues at the exact step."""
+
+    epoch: int = 0
+    step: int = 0
+    global_step: int = 0
+    best: tuple | None = None
+    history: list = field(default_factory=list)
+    stop_requested: bool = False  # set by SIGINT / SIGTERM; the loop saves and stops
+
+
 class Stop(Exception):
     pass
+
+
+@dataclass
+class Distributed:
+    device: torch.device
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def enabled(self) -> bool:
+        return self.world > 1
+
+
+def setup_distributed(cfg: TrainConfig) -> Distributed:
+    """One process, or one rank of a torchrun launch (NCCL on GPUs, gloo on CPUs)."""
+    device = resolve_device(cfg.device)
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return Distributed(device)
+    if not dist.is_initialized():
+        if device.type == "cuda":
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return Distributed(device, dist.get_rank(), dist.get_world_size())
+
+
+def build_or_resume(cfg: TrainConfig, device: torch.device, resume: bool) -> tuple[VPRModel, dict | None]:
+    """The model to train and, when resuming, the saved training state (else None)."""
+    state_path = Path(cfg.out) / "last.pt"
+    if resume:
+        model, payload = load_checkpoint(state_path, device=device)
+        return model, payload["training"]
+    if cfg.init_checkpoint:
+        model, _ = load_checkpoint(cfg.init_checkpoint, expect_backbone=cfg.backbone, device=device)
+    else:
+        model = build_model(cfg.backbone, cfg.regressor, pretrained=True).to(device)
+    return model, None
 
 
 def _set_trainable(model: VPRModel, cfg: TrainConfig) -> list[nn.Parameter]:
@@ -266,189 +405,254 @@ def _schedule(optimizer, cfg: TrainConfig, total_steps: int):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
 
 
-def train(cfg: TrainConfig, resume: bool = False) -> dict:
-    """Run (or continue) a training; returns the last validation metrics."""
-    if cfg.stage not in ("dhe", "joint"):
-        raise ValueError(f"unknown stage {cfg.stage!r}; use dhe or joint")
-    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    device = resolve_device(cfg.device)
-    if distributed and not dist.is_initialized():
-        if device.type == "cuda":
-            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-            torch.cuda.set_device(device)
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    rank = dist.get_rank() if distributed else 0
-    world = dist.get_world_size() if distributed else 1
-    out = Path(cfg.out)
-    state_path = out / "last.pt"
-    if resume and not state_path.is_file():
-        raise FileNotFoundError(f"--resume: no {state_path} to continue from")
+class FeatureCache:
+    """Local grids of a frozen backbone: each photo's map view once, and each query view once
+    per warp set when ``--warp-repeats`` fixes the sets (stage dhe on WarpedPairs only)."""
 
-    torch.manual_seed(cfg.seed)
-    # data first: bad data is reported before a model is built
-    backbone_size = BACKBONES[cfg.backbone].input_size if cfg.backbone in BACKBONES else 384
-    train_set, val = make_datasets(cfg, backbone_size)
-    if resume:
-        model, payload = load_checkpoint(state_path, device=device)
-        state = payload["training"]
-    else:
-        if cfg.init_checkpoint:
-            model, _ = load_checkpoint(cfg.init_checkpoint, expect_backbone=cfg.backbone, device=device)
+    def __init__(self, cache_queries: bool):
+        self.positives: dict[int, torch.Tensor] = {}
+        self.queries: dict[tuple[int, int], torch.Tensor] | None = {} if cache_queries else None
+
+    def has_all(self, warp_set: int, indices) -> bool:
+        """Whether every view of ``indices`` in ``warp_set`` is cached (images then not needed)."""
+        return self.queries is not None and all(
+            (warp_set, int(i)) in self.queries and int(i) in self.positives for i in indices)
+
+    @torch.no_grad()
+    def grids(self, model: VPRModel, warp_set: int, indices, query, positive):
+        ids = [int(i) for i in indices]
+        self._fill(self.positives, ids, positive, model)
+        if self.queries is None:
+            q = model.embed(normalise(query, model)).local.float()
         else:
-            model = build_model(cfg.backbone, cfg.regressor, pretrained=True).to(device)
-        state = None
-    _train_mode(model)
-    params = _set_trainable(model, cfg)
-    optimizer = torch.optim.Adam(params, lr=cfg.lr)
-    steps_per_epoch = math.ceil(math.ceil(len(train_set) / world) / cfg.batch_size)
-    scheduler = _schedule(optimizer, cfg, steps_per_epoch * cfg.epochs)
-    miner = None
-    if cfg.stage == "joint":
-        miner = NegativeMiner(*negatives_pool(train_set), cfg, backbone_size)
-    start_epoch, start_step, global_step, best, history = 0, 0, 0, None, []
-    if state is not None:
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        start_epoch, start_step, global_step = state["epoch"], state["step"], state["global_step"]
-        best, history = (tuple(state["best"]) if state["best"] is not None else None), list(state["history"])
-        if miner is not None and state.get("mining_cache") is not None:
-            miner.cache, miner.queries_since_refresh = state["mining_cache"], state["mining_seen"]
-        torch.set_rng_state(state["torch_rng"])
-        log.info("resuming %s at epoch %d step %d", state_path, start_epoch + 1, start_step)
+            self._fill(self.queries, [(warp_set, i) for i in ids], query, model)
+            q = torch.stack([self.queries[(warp_set, i)] for i in ids]).to(query.device).float()
+        return q, torch.stack([self.positives[i] for i in ids]).to(query.device).float()
 
-    step_module = TrainStep(model, cfg)
-    runner = step_module
-    if distributed:
-        runner = nn.parallel.DistributedDataParallel(
-            step_module, device_ids=[device.index] if device.type == "cuda" else None)
-    writer = _tensorboard(out, cfg) if rank == 0 else None
-    if rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
-        with atomic_write(out / "config.json", mode="w") as handle:
-            json.dump(asdict(cfg), handle, indent=2)
-    amp = cfg.amp and device.type == "cuda"
-    # stage dhe with a frozen backbone and a fixed set of warps: embed each pair once
-    feature_cache = {} if cfg.stage == "dhe" and cfg.warp_repeats and isinstance(train_set, WarpedPairs) else None
+    @staticmethod
+    def _fill(store: dict, keys: list, images: torch.Tensor, model: VPRModel) -> None:
+        missing = [j for j, key in enumerate(keys) if key not in store]
+        if missing:
+            local = model.embed(normalise(images[missing], model)).local.half().cpu()
+            for n, j in enumerate(missing):
+                store[keys[j]] = local[n]
 
-    def save_state(epoch: int, step: int) -> None:
-        if rank != 0:
+
+class Trainer:
+    """One training run: the model, its optimiser and data, one epoch at a time."""
+
+    def __init__(self, cfg: TrainConfig, resume: bool):
+        self.cfg = cfg
+        self.dist = setup_distributed(cfg)
+        self.out = Path(cfg.out)
+        self.state_path = self.out / "last.pt"
+        if resume and not self.state_path.is_file():
+            raise FileNotFoundError(f"--resume: no {self.state_path} to continue from")
+        torch.manual_seed(cfg.seed)
+        # data first: bad data is reported before a model is built
+        self.size = BACKBONES[cfg.backbone].input_size if cfg.backbone in BACKBONES else 384
+        self.train_set, self.val = make_datasets(cfg, self.size)
+        self.model, saved = build_or_resume(cfg, self.dist.device, resume)
+        _train_mode(self.model)
+        self.optimizer = torch.optim.Adam(_set_trainable(self.model, cfg), lr=cfg.lr)
+        self.steps_per_epoch = math.ceil(math.ceil(len(self.train_set) / self.dist.world) / cfg.batch_size)
+        self.scheduler = _schedule(self.optimizer, cfg, self.steps_per_epoch * cfg.epochs)
+        self.miner = NegativeMiner(*negatives_pool(self.train_set), cfg, self.size) if cfg.stage == "joint" else None
+        self.state = RunState()
+        if saved is not None:
+            self._restore(saved)
+        self.step_module = TrainStep(self.model, cfg)
+        self.runner = self.step_module
+        if self.dist.enabled:
+            device = self.dist.device
+            self.runner = nn.parallel.DistributedDataParallel(
+                self.step_module, device_ids=[device.index] if device.type == "cuda" else None)
+        self.amp = cfg.amp and self.dist.device.type == "cuda"
+        frozen_views = cfg.stage == "dhe" and isinstance(self.train_set, WarpedPairs)
+        self.features = FeatureCache(bool(cfg.warp_repeats)) if frozen_views else None
+        self.writer = _tensorboard(self.out, cfg) if self.dist.rank == 0 else None
+
+    def _restore(self, saved: dict) -> None:
+        self.optimizer.load_state_dict(saved["optimizer"])
+        self.scheduler.load_state_dict(saved["scheduler"])
+        self.state = RunState(saved["epoch"], saved["step"], saved["global_step"],
+                              tuple(saved["best"]) if saved["best"] is not None else None, list(saved["history"]))
+        if self.miner is not None and saved.get("mining_cache") is not None:
+            self.miner.cache, self.miner.queries_since_refresh = saved["mining_cache"], saved["mining_seen"]
+        torch.set_rng_state(saved["torch_rng"])
+        log.info("resuming %s at epoch %d step %d", self.state_path, self.state.epoch + 1, self.state.step)
+
+    # -- persistence ---------------------------------------------------------------------
+    def save_state(self) -> None:
+        if self.dist.rank != 0:
             return
-        training = {"epoch": epoch, "step": step, "global_step": global_step,
-                    "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                    "best": list(best) if best is not None else None, "history": history,
+        s, miner = self.state, self.miner
+        training = {"epoch": s.epoch, "step": s.step, "global_step": s.global_step,
+                    "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                    "best": list(s.best) if s.best is not None else None, "history": s.history,
                     "torch_rng": torch.get_rng_state(),
                     "mining_cache": miner.cache if miner is not None else None,
                     "mining_seen": miner.queries_since_refresh if miner is not None else 0}
-        save_checkpoint(state_path, model, meta=_meta(cfg, epoch, step), extra={"training": training})
+        save_checkpoint(self.state_path, self.model, meta=_meta(self.cfg, s.epoch, s.step),
+                        extra={"training": training})
 
-    interrupted = {"flag": False}
+    # -- one epoch -----------------------------------------------------------------------
+    def _batches(self, epoch: int) -> list[list[int]]:
+        sampler = DistributedSampler(self.train_set, num_replicas=self.dist.world, rank=self.dist.rank,
+                                     shuffle=True, seed=self.cfg.seed)
+        sampler.set_epoch(epoch)
+        indices = list(sampler)
+        return [indices[i:i + self.cfg.batch_size] for i in range(0, len(indices), self.cfg.batch_size)]
+
+    def _prepare_views(self, epoch: int) -> None:
+        """Which views this epoch sees: with --warp-repeats, warp set ``epoch % N`` at the
+        difficulty of its first epoch (so cached grids stay valid); else fresh views."""
+        cfg = self.cfg
+        warp_set = epoch % cfg.warp_repeats if cfg.warp_repeats else epoch
+        self.train_set.epoch = warp_set
+        if isinstance(self.train_set, WarpedPairs):
+            self.train_set.band = cfg.band(warp_set)
+
+    def run_epoch(self, epoch: int) -> dict:
+        """Train one epoch (from the saved step when resuming); returns its mean losses."""
+        self._prepare_views(epoch)
+        batches = self._batches(epoch)
+        first = self.state.step if epoch == self.state.epoch else 0
+        if self.features is not None:
+            self.train_set.labels_only = self.features.has_all(self.train_set.epoch,
+                                                               [i for b in batches[first:] for i in b])
+        loader = DataLoader(self.train_set, batch_sampler=batches[first:], num_workers=self.cfg.workers)
+        sums = {"loss": 0.0, "rei_loss": 0.0, "triplet_loss": 0.0, "corner_error_px": 0.0, "n": 0, "n_truth": 0}
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{self.cfg.epochs}", initial=first, total=len(batches),
+                   disable=None if self.dist.rank == 0 else True)
+        for step, batch in enumerate(bar, start=first):
+            out = self._step(batch, epoch)
+            known = torch.isfinite(out.corner)
+            sums["loss"] += out.loss.item()
+            sums["rei_loss"] += float(out.rei.detach())
+            sums["triplet_loss"] += float(out.triplet.detach())
+            sums["corner_error_px"] += out.corner[known].sum().item()
+            sums["n"] += 1
+            sums["n_truth"] += int(known.sum())
+            bar.set_postfix(loss=f"{out.loss.item():.3f}")
+            self._log_step(out, known)
+            if self.state.stop_requested:
+                self.state.epoch, self.state.step = epoch, step + 1
+                self.save_state()
+                raise Stop
+        n = max(sums["n"], 1)
+        stats = {k: sums[k] / n for k in ("loss", "rei_loss", "triplet_loss")}
+        if sums["n_truth"]:
+            stats["corner_error_px"] = sums["corner_error_px"] / sums["n_truth"]
+        return stats
+
+    def _step(self, batch: dict, epoch: int) -> StepOutput:
+        device, model = self.dist.device, self.model
+        q, p, h_true = batch["query"].to(device), batch["positive"].to(device), batch["h_true"].to(device)
+        negs = None
+        if self.miner is not None:
+            with torch.no_grad():
+                q_global = model.embed(normalise(q, model)).global_
+            negs = self.miner.negatives(model, device, q_global, batch["index"], epoch)
+        features = None
+        if self.features is not None:
+            features = self.features.grids(model, self.train_set.epoch, batch["index"], q, p)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.amp):
+            out = StepOutput(*self.runner(q, p, h_true, negs, features))
+        self.optimizer.zero_grad(set_to_none=True)
+        out.loss.backward()
+        if self.cfg.clip_grad > 0:
+            nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], self.cfg.clip_grad)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.state.global_step += 1
+        return out
+
+    def _log_step(self, out: StepOutput, known: torch.Tensor) -> None:
+        if self.writer is None:
+            return
+        step = self.state.global_step
+        self.writer.add_scalar("train/loss", out.loss.item(), step)
+        if self.cfg.rei_weight:
+            self.writer.add_scalar("train/rei_loss", float(out.rei), step)
+        if self.miner is not None:
+            self.writer.add_scalar("train/triplet_loss", float(out.triplet), step)
+        if known.any():
+            self.writer.add_scalar("train/corner_error_px", out.corner[known].mean().item(), step)
+
+    # -- validation and checkpoints ------------------------------------------------------
+    def validate_and_checkpoint(self, epoch: int, train_stats: dict | None) -> dict:
+        """Rank 0: validate (every ``val_every`` epochs and at the end), append to the history,
+        keep best.pt and last.pt current."""
+        state = self.state
+        if self.dist.rank != 0:
+            return {}
+        due = epoch % max(self.cfg.val_every, 1) == 0 or epoch == self.cfg.epochs
+        metrics = validate(self.model, self.val, self.cfg, self.dist.device) if due else {}
+        state.history.append({"epoch": epoch, "train": train_stats or {},
+                              "band": list(self.cfg.band(epoch)), "val": metrics})
+        log.info("epoch %d: train %s | val %s", epoch, _fmt(train_stats or {}), _fmt(metrics))
+        if self.writer is not None:
+            for k, v in metrics.items():
+                self.writer.add_scalar(f"val/{k}", v, epoch)
+            self.writer.flush()
+        key = best_key(metrics)
+        if due and epoch > 0 and (state.best is None or key > state.best):
+            state.best = key
+            save_checkpoint(self.out / "best.pt", self.model, meta={**_meta(self.cfg, epoch, 0), "val": metrics})
+        state.epoch, state.step = epoch, 0
+        self.save_state()
+        with atomic_write(self.out / "history.jsonl", mode="w") as handle:
+            handle.write("".join(json.dumps(h) + "\n" for h in state.history))
+        return metrics
+
+    def run(self) -> dict:
+        if self.dist.rank == 0:
+            self.out.mkdir(parents=True, exist_ok=True)
+            with atomic_write(self.out / "config.json", mode="w") as handle:
+                json.dump(asdict(self.cfg), handle, indent=2)
+        metrics: dict = next((h["val"] for h in reversed(self.state.history) if h["val"]), {})
+        if not self.state.history and self.dist.rank == 0:  # the starting point of the curve
+            metrics = self.validate_and_checkpoint(0, None)
+        for epoch in range(self.state.epoch, self.cfg.epochs):
+            stats = self.run_epoch(epoch)
+            if self.dist.rank == 0:
+                metrics = self.validate_and_checkpoint(epoch + 1, stats)
+            if self.dist.enabled:
+                dist.barrier()
+        if self.cfg.extra.get("dump_rank_weights"):
+            self.out.mkdir(parents=True, exist_ok=True)
+            torch.save({k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+                       self.out / f"rank{self.dist.rank}_weights.pt")
+        return metrics
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        if self.dist.enabled:
+            dist.destroy_process_group()
+
+
+def train(cfg: TrainConfig, resume: bool = False) -> dict:
+    """Run (or continue) a training; returns the last validation metrics. SIGINT and SIGTERM
+    save the exact state and stop cleanly (continue with ``resume=True``)."""
+    if cfg.stage not in ("dhe", "joint"):
+        raise ValueError(f"unknown stage {cfg.stage!r}; use dhe or joint")
+    trainer = Trainer(cfg, resume)
 
     def on_signal(signum, frame):
-        interrupted["flag"] = True
+        trainer.state.stop_requested = True
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-    if state is None and rank == 0:  # the starting point of the curve
-        metrics = validate(model, val, cfg, device)
-        history.append({"epoch": 0, "train": {}, "val": metrics})
-        log.info("before training: val %s", _fmt(metrics))
-    metrics: dict = history[-1]["val"] if history else {}
     try:
-        for epoch in range(start_epoch, cfg.epochs):
-            train_set.epoch = epoch % cfg.warp_repeats if cfg.warp_repeats else epoch
-            sampler = DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed)
-            sampler.set_epoch(epoch)
-            indices = list(sampler)
-            batches = [indices[i:i + cfg.batch_size] for i in range(0, len(indices), cfg.batch_size)]
-            first = start_step if epoch == start_epoch else 0
-            loader = DataLoader(train_set, batch_sampler=batches[first:], num_workers=cfg.workers)
-            sums = {"loss": 0.0, "rei": 0.0, "triplet": 0.0, "corner_error": 0.0, "n": 0, "n_truth": 0}
-            bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", initial=first, total=len(batches),
-                       disable=None if rank == 0 else True)
-            for step, batch in enumerate(bar, start=first):
-                q, p = batch["query"].to(device), batch["positive"].to(device)
-                negs = None
-                if miner is not None:
-                    with torch.no_grad():
-                        q_global = model.embed(normalise(q, model)).global_
-                    negs = miner.negatives(model, device, q_global, batch["index"], epoch)
-                features = None
-                if feature_cache is not None:
-                    features = _cached_features(feature_cache, model, train_set.epoch, batch["index"], q, p)
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                    loss, rei, trip, h = runner(q, p, negs, features)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                scheduler.step()
-                global_step += 1
-                truth = batch["h_true"].to(device)
-                known = ~torch.isnan(truth).flatten(1).any(1)
-                ce = corner_error(h.detach().float()[known], truth[known], backbone_size, backbone_size) \
-                    if known.any() else torch.zeros(0)
-                sums["loss"] += loss.item()
-                sums["rei"] += rei.loss.item()
-                sums["triplet"] += float(trip)
-                sums["corner_error"] += ce.sum().item()
-                sums["n"] += 1
-                sums["n_truth"] += int(known.sum())
-                bar.set_postfix(loss=f"{loss.item():.3f}", rei=f"{rei.loss.item():.2f}")
-                if writer is not None:
-                    writer.add_scalar("train/loss", loss.item(), global_step)
-                    writer.add_scalar("train/rei_loss", rei.loss.item(), global_step)
-                    if miner is not None:
-                        writer.add_scalar("train/triplet_loss", float(trip), global_step)
-                    if known.any():
-                        writer.add_scalar("train/corner_error_px", ce.mean().item(), global_step)
-                if interrupted["flag"]:
-                    save_state(epoch, step + 1)
-                    raise Stop
-            epoch_stats = {"loss": sums["loss"] / max(sums["n"], 1), "rei_loss": sums["rei"] / max(sums["n"], 1),
-                           "triplet_loss": sums["triplet"] / max(sums["n"], 1)}
-            if sums["n_truth"]:
-                epoch_stats["corner_error_px"] = sums["corner_error"] / sums["n_truth"]
-            if rank == 0:
-                metrics = validate(model, val, cfg, device)
-                history.append({"epoch": epoch + 1, "train": epoch_stats, "val": metrics})
-                log.info("epoch %d: train %s | val %s", epoch + 1, _fmt(epoch_stats), _fmt(metrics))
-                if writer is not None:
-                    for k, v in metrics.items():
-                        writer.add_scalar(f"val/{k}", v, epoch + 1)
-                    writer.flush()
-                key = best_key(metrics)
-                if best is None or key > best:
-                    best = key
-                    save_checkpoint(out / "best.pt", model, meta={**_meta(cfg, epoch + 1, 0), "val": metrics})
-                save_state(epoch + 1, 0)
-                with atomic_write(out / "history.jsonl", mode="w") as handle:
-                    handle.write("".join(json.dumps(h) + "\n" for h in history))
-            if distributed:
-                dist.barrier()
-        if cfg.extra.get("dump_rank_weights"):
-            out.mkdir(parents=True, exist_ok=True)
-            torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, out / f"rank{rank}_weights.pt")
+        return trainer.run()
     except Stop:
-        log.info("interrupted: state saved to %s; continue with --resume", state_path)
+        log.info("interrupted: state saved to %s; continue with --resume", trainer.state_path)
+        return next((h["val"] for h in reversed(trainer.state.history) if h["val"]), {})
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
-        if writer is not None:
-            writer.close()
-        if distributed:
-            dist.destroy_process_group()
-    return metrics
-
-
-@torch.no_grad()
-def _cached_features(cache: dict, model: VPRModel, warp_epoch: int, indices, q, p):
-    keys = [(warp_epoch, int(i)) for i in indices]
-    missing = [j for j, key in enumerate(keys) if key not in cache]
-    if missing:
-        fq = model.embed(normalise(q[missing], model)).local.half().cpu()
-        fp = model.embed(normalise(p[missing], model)).local.half().cpu()
-        for n, j in enumerate(missing):
-            cache[keys[j]] = (fq[n], fp[n])
-    return (torch.stack([cache[k][0] for k in keys]).to(q.device).float(),
-            torch.stack([cache[k][1] for k in keys]).to(q.device).float())
+        trainer.close()
 
 
 def _fmt(values: dict) -> str:
@@ -456,8 +660,9 @@ def _fmt(values: dict) -> str:
 
 
 def _meta(cfg: TrainConfig, epoch: int, step: int) -> dict:
+    data = cfg.dataset or (",".join(cfg.images) if cfg.images else None) or f"{cfg.bag}:{cfg.topic}"
     return {"trained_by": "dhe_vpr_ros train", "stage": cfg.stage, "epoch": epoch, "step": step,
-            "seed": cfg.seed, "data": cfg.dataset or cfg.images or f"{cfg.bag}:{cfg.topic}"}
+            "seed": cfg.seed, "data": data}
 
 
 def _tensorboard(out: Path, cfg: TrainConfig):
@@ -478,8 +683,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stage", choices=("dhe", "joint"), default=d.stage)
     data = parser.add_mutually_exclusive_group()
     data.add_argument("--dataset", help="geo-localisation layout: DIR/train/ and DIR/val/ with database/, queries/")
-    data.add_argument("--images", help="any image folder: self-supervised warped pairs")
-    data.add_argument("--bag", help="rosbag2 (with --topic): self-supervised warped pairs")
+    data.add_argument("--images", nargs="+", metavar="DIR",
+                      help="image folder(s), searched recursively: labelled synthetic second views")
+    data.add_argument("--bag", help="rosbag2 (with --topic): labelled synthetic second views of its frames")
+    parser.add_argument("--exclude", nargs="+", default=[], metavar="PATTERN",
+                        help="with --images: leave out files whose name matches a pattern (e.g. 'graf*')")
     parser.add_argument("--topic")
     parser.add_argument("--backbone", default=d.backbone)
     parser.add_argument("--regressor", help="regressor preset (paper|light); default: the backbone's")
@@ -487,19 +695,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", action="store_true", help="continue OUT/last.pt at its exact step")
     for name, kind, help_text in [
         ("epochs", int, ""), ("batch-size", int, "pairs per step (per process under DDP)"),
-        ("lr", float, "Adam learning rate (paper: 1e-5)"), ("margin", float, "triplet margin (paper: 0.1)"),
+        ("lr", float, "Adam learning rate (paper: 1e-5)"),
+        ("clip-grad", float, "clip the gradient norm to this (0: off)"),
+        ("margin", float, "triplet margin (paper: 0.1)"),
         ("negatives", int, "negatives per query (paper: 2)"),
         ("mining-pool", int, "random candidates per query for partial hard-negative mining"),
         ("cache-refresh", int, "queries between refreshes of the mining descriptor cache"),
-        ("rei-weight", float, "weight of the REI loss next to the triplet loss"),
-        ("warp-repeats", int, "warped pairs: reuse N fixed sets of warps (stage dhe then embeds each pair "
-                              "once and trains the regressor on cached features: much faster on a CPU)"),
+        ("supervised-weight", float, "weight of the corner loss on labelled pairs (synthetic views)"),
+        ("robust-px", float, "corner loss: distances beyond this many pixels count logarithmically (0: linearly)"),
+        ("rei-weight", float, "weight of the label-free REI loss (0: off)"),
+        ("warp-repeats", int, "synthetic views: reuse N fixed sets (stage dhe then embeds each view once "
+                              "and trains the regressor on cached features: faster, less varied)"),
+        ("difficulty", float, "synthetic views: strongest change, 0..1 of the recipe's maxima "
+                              "(1: tilt 60 deg, rotation 30, zoom 0.5-2, overlap 50 %%, dusk)"),
+        ("curriculum-epochs", int, "grow the views' difficulty over this many epochs (0: all at once)"),
+        ("curriculum-start", float, "difficulty at the first epoch of the curriculum"),
         ("unfreeze-from", int, "joint stage: first trainable backbone block (default: cct14 6, efficientnet 8)"),
-        ("max-shift", float, "warped pairs: corner shift as a fraction of the image"),
         ("positive-dist-train", float, "metres (paper: 10)"), ("positive-dist-val", float, "metres (paper: 25)"),
-        ("val-fraction", float, "warped pairs: images held back for validation"),
-        ("val-top-k", int, "candidates re-ranked in validation"), ("max-samples", int, "use at most N images"),
-        ("seed", int, ""), ("workers", int, "data loader processes")]:
+        ("val-fraction", float, "synthetic views: images held back for validation"),
+        ("val-top-k", int, "candidates re-ranked in validation"),
+        ("val-every", int, "validate every N epochs (and after the last)"),
+        ("max-samples", int, "use at most N images"), ("seed", int, ""), ("workers", int, "data loader processes"),
+    ]:
         parser.add_argument(f"--{name}", type=kind, default=getattr(d, name.replace("-", "_")), help=help_text or None)
     parser.add_argument("--lr-schedule", choices=("none", "cosine"), default=d.lr_schedule)
     parser.add_argument("--device", default=d.device, help="cpu, cuda (mixed precision bf16 on GPU)")
@@ -510,7 +727,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    keys = TrainConfig.__dataclass_fields__
+    keys = {f.name for f in fields(TrainConfig)}
     cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k in keys})
     cfg.amp = not args.no_amp
     cfg.tensorboard = not args.no_tensorboard
@@ -518,8 +735,9 @@ def run(args: argparse.Namespace) -> int:
     if args.resume:
         saved = Path(args.out) / "config.json"
         if saved.is_file():  # the run's own settings win, except how many epochs to reach
-            stored = json.loads(saved.read_text())
-            cfg = TrainConfig(**{**stored, "epochs": args.epochs, "device": args.device})
+            stored = TrainConfig.from_dict(json.loads(saved.read_text()))
+            stored.epochs, stored.device = args.epochs, args.device
+            cfg = stored
     metrics = train(cfg, resume=args.resume)
     if metrics:
         log.info("final validation: %s", _fmt(metrics))

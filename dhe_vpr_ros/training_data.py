@@ -1,10 +1,12 @@
+# Copyright 2026 dhe_vpr_ros maintainers
+# SPDX-License-Identifier: Apache-2.0
 """Training samples: (query, positive) pairs, and the negatives pool for triplet mining.
 
 Two sources:
 
-* ``WarpedPairs``: any images (a folder, a rosbag2 topic). The query is the image warped by
-  a random homography with photometric changes; the positive is the image. The REI loss
-  needs no labels, and since the true warp is known the corner error can be reported.
+* ``WarpedPairs``: any images (a folder, a rosbag2 topic). The query is a synthetic second
+  view of the photograph (``views``: camera motion and light), the positive a crop of it;
+  the true homography is known, so the pair is labelled.
 * ``GeoPairs``: a geo-localisation split (``queries/`` and ``database/`` with UTM in the
   names). The positive is the nearest database image within the positive distance.
 
@@ -22,6 +24,8 @@ import torch
 from torch.utils.data import Dataset
 
 from .datasets import Frame
+from .image_conversion import ImageConversionError
+from .views import ViewRecipe, crop_to_frame, sample_motion, synthetic_view
 
 log = logging.getLogger(__name__)
 
@@ -35,49 +39,75 @@ def load_square(frame: Frame, size: int) -> np.ndarray:
     return cv2.resize(frame.load(), (size, size), interpolation=cv2.INTER_AREA)
 
 
-def random_warp(rng: np.random.Generator, size: int, max_shift: float) -> np.ndarray:
-    """A homography moving each corner of a ``size`` square by up to ``max_shift * size``."""
-    corners = np.array([[0, 0], [size, 0], [size, size], [0, size]], np.float32)
-    moved = corners + rng.uniform(-max_shift, max_shift, (4, 2)).astype(np.float32) * size
-    return cv2.getPerspectiveTransform(corners, moved).astype(np.float64)
+def load_photo(frame: Frame, max_side: int = 512) -> np.ndarray:
+    """The frame as RGB uint8, shrunk so that its longer side is at most ``max_side`` (synthetic
+    views are cut from it, so it keeps its aspect and some resolution to spare)."""
+    image = frame.load()
+    scale = max_side / max(image.shape[:2])
+    if scale < 1.0:
+        image = cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+    return image
 
 
-def photometric(rng: np.random.Generator, image: np.ndarray) -> np.ndarray:
-    """Brightness, contrast, gamma and sensor noise: what changes between two visits."""
-    x = image.astype(np.float32) / 255.0
-    x = np.clip((x - 0.5) * rng.uniform(0.7, 1.3) + 0.5 + rng.uniform(-0.15, 0.15), 0, 1)
-    x = x ** rng.uniform(0.7, 1.4)
-    x = x + rng.normal(0, rng.uniform(0, 0.03), x.shape)
-    return np.clip(x * 255.0 + 0.5, 0, 255).astype(np.uint8)
+def _readable(frames: list[Frame]) -> tuple[list[Frame], list[np.ndarray]]:
+    """(frames, photos) of the frames that load; the others are logged and left out."""
+    kept, photos = [], []
+    for frame in frames:
+        try:
+            photos.append(load_photo(frame))
+        except (ImageConversionError, OSError) as exc:
+            log.warning("training: skipped %s: %s", frame.source, exc)
+            continue
+        kept.append(frame)
+    return kept, photos
 
 
 class WarpedPairs(Dataset):
-    """Self-supervised pairs from unlabelled images; ``h_true`` maps query -> positive pixels."""
+    """Labelled pairs from unlabelled photographs: synthetic second views (``views``).
 
-    def __init__(self, frames: list[Frame], size: int, seed: int = 0, max_shift: float = 0.2,
-                 photometric_changes: bool = True, cache: bool = True):
+    Sample ``i`` pairs photo ``i``'s map view (a crop fixed per photo, so a frozen backbone
+    embeds it once) with a query view whose camera motion and light come from
+    ``sample_rng(seed, epoch, i)`` at difficulty ``band``; another photo of the set fills
+    what the query camera sees beyond it. ``h_true`` maps query -> positive pixels.
+    """
+
+    def __init__(self, frames: list[Frame], size: int, seed: int = 0, band: tuple[float, float] = (0.0, 1.0),
+                 recipe: ViewRecipe = ViewRecipe(), light: bool = True, cache: bool = True):
+        self.size, self.seed = size, seed
+        self.band, self.recipe, self.light = band, recipe, light
+        self.epoch = 0
+        self.labels_only = False  # the trainer has every view's features cached: skip the images
+        self._cache = None
+        if cache:
+            frames, self._cache = _readable(frames)
         if not frames:
             raise ValueError("no training images")
-        self.frames, self.size, self.seed = frames, size, seed
-        self.max_shift, self.photometric_changes = max_shift, photometric_changes
-        self.epoch = 0
-        self._cache = [load_square(f, size) for f in frames] if cache else None
+        self.frames = frames
 
     def __len__(self) -> int:
         return len(self.frames)
 
-    def image(self, index: int) -> np.ndarray:
-        return self._cache[index] if self._cache is not None else load_square(self.frames[index], self.size)
+    def photo(self, index: int) -> np.ndarray:
+        return self._cache[index] if self._cache is not None else load_photo(self.frames[index])
+
+    def map_crop(self, index: int) -> np.ndarray:
+        """(3, 3) photo -> map-view pixels; the same for every epoch."""
+        return crop_to_frame(np.random.default_rng([self.seed, index, 7]), self.photo(index).shape,
+                             self.size, self.recipe.crop)
 
     def __getitem__(self, index: int) -> dict:
         rng = sample_rng(self.seed, self.epoch, index)
-        positive = self.image(index)
-        warp = random_warp(rng, self.size, self.max_shift)  # positive -> query pixels
-        query = cv2.warpPerspective(positive, warp, (self.size, self.size), borderMode=cv2.BORDER_REFLECT)
-        if self.photometric_changes:
-            query = photometric(rng, query)
-        return {"query": torch.from_numpy(query), "positive": torch.from_numpy(positive.copy()),
-                "h_true": torch.from_numpy(np.linalg.inv(warp)).float(), "index": index}
+        other = int(rng.integers(len(self))) if len(self) > 1 else index
+        if self.labels_only:  # the same draws as synthetic_view makes first: the same label
+            h_true = np.linalg.inv(sample_motion(rng, self.size, self.band, self.recipe))
+            empty = torch.zeros((0, 0, 3), dtype=torch.uint8)
+            return {"query": empty, "positive": empty, "h_true": torch.from_numpy(h_true / h_true[2, 2]).float(),
+                    "index": index}
+        view = synthetic_view(rng, self.photo(index), self.size, self.band,
+                              self.photo(other) if other != index else None, self.recipe, self.light,
+                              to_map=self.map_crop(index))
+        return {"query": torch.from_numpy(view.query), "positive": torch.from_numpy(view.positive),
+                "h_true": torch.from_numpy(view.h_true).float(), "index": index}
 
 
 class GeoPairs(Dataset):

@@ -1,3 +1,5 @@
+# Copyright 2026 dhe_vpr_ros maintainers
+# SPDX-License-Identifier: Apache-2.0
 """Shared fixtures: deterministic seeds and small synthetic images with known structure."""
 import cv2
 import numpy as np

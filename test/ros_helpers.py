@@ -1,3 +1,5 @@
+# Copyright 2026 dhe_vpr_ros maintainers
+# SPDX-License-Identifier: Apache-2.0
 """Real ROS 2 plumbing for node tests: the node in its own process, a probe node here.
 
 Each test session gets its own DDS domain, localhost only, so parallel runs do not meet.
@@ -48,7 +50,8 @@ class NodeProcess:
         self.proc = subprocess.Popen(node_command(params_file, extra), stdout=self.log, stderr=subprocess.STDOUT)
 
     def text(self) -> str:
-        self.log.flush()
+        if not self.log.closed:
+            self.log.flush()
         return self.log_path.read_text()
 
     def rss_mib(self) -> float:

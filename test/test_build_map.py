@@ -1,6 +1,9 @@
+# Copyright 2026 dhe_vpr_ros maintainers
+# SPDX-License-Identifier: Apache-2.0
 """build-map / query / evaluate end to end: real backbone (ImageNet EfficientNet-Lite0), real
 FAISS maps on disk, real rosbag2 files written with ``rosbags``, the CLI as users run it."""
 import json
+import logging
 import subprocess
 import sys
 
@@ -8,15 +11,16 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from conftest import textured_image
 
+from conftest import textured_image
 from dhe_vpr_ros.build_map import add_frames
 from dhe_vpr_ros.cli import main
 from dhe_vpr_ros.datasets import Frame, folder_frames
 from dhe_vpr_ros.evaluate import evaluate
 from dhe_vpr_ros.geometry import corner_error
 from dhe_vpr_ros.localizer import Localizer, model_identity
-from dhe_vpr_ros.mapdb import MapDatabase, MapError
+from dhe_vpr_ros.mapdb import MapDatabase, MapError, Place
+from dhe_vpr_ros.mapdb import Pose as MapPose
 from dhe_vpr_ros.models import build_model, save_checkpoint
 
 W, H = 320, 240
@@ -116,8 +120,8 @@ def test_evaluate_recall_matches_hand_computation(tmp_path, model, capsys):
     (found at rank 1); q2: looks like place 1 but stands at place 4 (a miss at 1, found within
     5 since the map has 5 places); q3: 10 km away (no positive: a miss everywhere).
     So R@1 = 2/4 = 50 %, R@5 = R@10 = R@20 = 3/4 = 75 %."""
-    db_dir = write_images(tmp_path / "ds" / "database", range(20, 25),
-                          [_utm_name(i, 500000 + 100 * i, 4e6) for i in range(5)])
+    write_images(tmp_path / "ds" / "database", range(20, 25),
+                 [_utm_name(i, 500000 + 100 * i, 4e6) for i in range(5)])
     q_dir = tmp_path / "ds" / "queries"
     q_dir.mkdir()
     queries = [(20, 0, (500005, 4e6)), (23, 1, (500303, 4e6)), (21, 2, (500400, 4e6)), (22, 3, (510000, 4e6))]
@@ -125,10 +129,10 @@ def test_evaluate_recall_matches_hand_computation(tmp_path, model, capsys):
         cv2.imwrite(str(q_dir / _utm_name(i, east, north)),
                     cv2.cvtColor(warp(scene(seed), TRUE_WARP), cv2.COLOR_RGB2BGR))
     report_path = tmp_path / "report.json"
-    assert main(["evaluate", "--dataset", str(tmp_path / "ds"), "--rerankers", "none,ransac",
+    assert main(["evaluate", "--dataset", str(tmp_path / "ds"), "--rerankers", "none,ransac,magsac",
                  "--top-k", "5", "--json", str(report_path)]) == 0
     report = json.loads(report_path.read_text())
-    for name in ("none", "ransac"):
+    for name in ("none", "ransac", "magsac"):
         assert report["recall"][name] == {"1": 50.0, "5": 75.0, "10": 75.0, "20": 75.0}, name
     assert set(report["latency_ms"]) == {"embed", "retrieve", "rerank"} and "ransac" in report["latency_ms"]["rerank"]
     assert report["queries_without_positive"] == 1
@@ -200,7 +204,7 @@ def test_map_from_rosbag_carries_stamps_and_poses(tmp_path, model, storage, comp
                  "-o", str(tmp_path / "map"), "--batch-size", "4"]) == 0
     db = MapDatabase.open(tmp_path / "map")
     assert [p.timestamp_ns for p in db.places] == stamps
-    assert db.places[3].pose == {"frame_id": "odom", "position": [3.0, 2.0, 0.0], "orientation": [0.0, 0.0, 0.0, 1.0]}
+    assert db.places[3].pose == MapPose("odom", (3.0, 2.0, 0.0), (0.0, 0.0, 0.0, 1.0))
     assert db.places[3].source == f"{topic}@{stamps[3]}"
     # subsampling: every 0.35 s keeps frames 0, 2, 4; 1.5 m keeps 0, 2, 4 as well (1 m apart each)
     for flag, value in (("--min-interval-sec", "0.35"), ("--min-distance-m", "1.5")):
@@ -228,3 +232,55 @@ def test_add_frames_skips_unreadable_images(tmp_path, model):
     assert add_frames(loc, frames) == [0]
     with pytest.raises(MapError, match="without UTM"):
         evaluate(loc, [])
+
+
+def test_sigterm_of_build_map_cleans_up_like_ctrl_c(tmp_path):
+    """A real build-map process, terminated while it embeds: no spill, no temp dir, no map."""
+    import signal
+    import time
+    photos = write_images(tmp_path / "photos", range(200, 260))
+    proc = subprocess.Popen([sys.executable, "-m", "dhe_vpr_ros", "build-map", "--images", str(photos),
+                             "-o", str(tmp_path / "map"), "--batch-size", "2"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 120
+    while not any(p.name.startswith(".grids-") for p in tmp_path.iterdir()):
+        assert proc.poll() is None and time.monotonic() < deadline, "build-map ended before it could be stopped"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 130, out
+    assert "Traceback" not in out and "interrupted" in out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["photos"]
+
+
+def test_query_refuses_unusable_images_and_prints_strict_json(tmp_path, model, capsys, caplog):
+    write_images(tmp_path / "photos", range(300, 303))
+    assert main(["build-map", "--images", str(tmp_path / "photos"), "-o", str(tmp_path / "map")]) == 0
+    tiny, flat = tmp_path / "tiny.png", tmp_path / "flat.png"
+    cv2.imwrite(str(tiny), np.zeros((1, 1, 3), np.uint8))
+    cv2.imwrite(str(flat), np.full((240, 320, 3), 90, np.uint8))
+    for path, reason in ((tiny, "too small"), (flat, "constant colour")):
+        caplog.clear()
+        assert main(["query", "--map", str(tmp_path / "map"), str(path)]) == 2
+        errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+        assert len(errors) == 1 and str(path) in errors[0] and reason in errors[0]
+    capsys.readouterr()
+    assert main(["query", "--map", str(tmp_path / "map"), "--json", "--reranker", "magsac",
+                 str(tmp_path / "photos" / "place_01.png")]) == 0
+    text = capsys.readouterr().out
+    assert "NaN" not in text and "Infinity" not in text
+    assert json.loads(text)[0]["place_id"] == 1
+
+
+def test_non_finite_candidates_are_skipped_and_never_returned(tmp_path, model):
+    loc = Localizer(model, MapDatabase(model_identity(model)), reranker="ransac", top_k=3)
+    images = [scene(400 + i) for i in range(3)]
+    loc.add_images(images, [Place(-1, f"p{i}") for i in range(3)])
+    loc.database.save(tmp_path / "map")
+    grids = np.fromfile(tmp_path / "map" / "local.f16", np.float16).reshape(3, -1)
+    grids[1, 7] = np.nan  # place 1's stored grid is damaged on disk
+    grids.tofile(tmp_path / "map" / "local.f16")
+    loc.database = MapDatabase.open(tmp_path / "map", expect=model_identity(model))
+    result = loc.query(images[1])
+    assert 1 not in [c.place_id for c in result.candidates] and result.skipped == 1
+    assert all(np.isfinite(c.homography).all() and np.isfinite(c.score) for c in result.candidates)

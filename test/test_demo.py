@@ -1,3 +1,5 @@
+# Copyright 2026 dhe_vpr_ros maintainers
+# SPDX-License-Identifier: Apache-2.0
 """The main job end to end, and the shipped model."""
 import json
 import subprocess
@@ -9,13 +11,20 @@ import torch
 from dhe_vpr_ros.datasets import folder_frames
 from dhe_vpr_ros.demo import DATA
 from dhe_vpr_ros.geometry import corner_error
+from dhe_vpr_ros.image_conversion import read_image
+from dhe_vpr_ros.localizer import Localizer, model_identity
+from dhe_vpr_ros.mapdb import MapDatabase, Place
+from dhe_vpr_ros.matching import grid_keypoints, mutual_nearest_neighbours
 from dhe_vpr_ros.models.checkpoint import file_sha256
+from dhe_vpr_ros.refine import refine_homographies
+from dhe_vpr_ros.rerank import DEFAULT_REFINE_ROUNDS, REFINE_END_PATCHES, REFINE_START_PATCHES
 from dhe_vpr_ros.runtime import default_checkpoint, load_model
-from dhe_vpr_ros.localizer import normalise
-from dhe_vpr_ros.training_data import WarpedPairs
+from dhe_vpr_ros.views import LEVELS, synthetic_view
 
-SHIPPED_SHA256 = "58dc1a91ddd0883908f325bff0593108948254370e2b4c2eede0df5a68d5ee87"
-RECORDED_CORNER_ERROR_PX = 55.0  # measured 48.2 (data/TRAINING.md); identity is 62.4
+SHIPPED_SHA256 = "da960bd1810820c8622814b34b0f585086d028d60910f33833912eab481a42c7"
+H1TO3 = np.array([[7.6285898e-01, -2.9922929e-01, 2.2567123e+02],  # opencv-doc H1to3p.xml: graf1 -> graf3
+                  [3.3443473e-01, 1.0143901e+00, -7.6999973e+01],
+                  [3.4663091e-04, -1.4364524e-05, 1.0]])
 
 
 def test_demo_runs_end_to_end_and_dhe_is_no_worse_than_global_only(tmp_path):
@@ -34,21 +43,45 @@ def test_demo_runs_end_to_end_and_dhe_is_no_worse_than_global_only(tmp_path):
     assert counts["/demo/camera/image_raw"] == 14 and counts["/vpr_node/match"] == 14
 
 
-def test_shipped_checkpoint_hash_and_corner_error_on_held_back_pairs():
+def test_shipped_checkpoint_publishes_an_accurate_homography_for_graf1_to_graf3():
+    """What `query --json` returns with the default re-ranker, on a real second view with a
+    published homography (measured 7.3 px, benchmarks/homography_accuracy.py; the bar is 10)."""
     path = default_checkpoint()
     assert path is not None and file_sha256(path) == SHIPPED_SHA256
     model, info = load_model(None)
     assert info["checkpoint_sha256"] == SHIPPED_SHA256
-    pairs = WarpedPairs(folder_frames(DATA / "database"), 384, seed=123, max_shift=0.2)
-    errors, identity = [], []
+    load = lambda name: read_image(DATA / name)  # noqa: E731
+    loc = Localizer(model, MapDatabase(model_identity(model)), top_k=1)
+    loc.add_images([load("database/00_graf1.jpg")], [Place(-1, "graf1")])
+    query = load("queries/00_graf3.jpg")
+    scale = np.diag([0.6, 0.6, 1.0])  # the demo copies are 480x384 of the 800x640 originals
+    truth = torch.from_numpy(scale @ np.linalg.inv(H1TO3) @ np.linalg.inv(scale))[None]
+
+    def error(h):
+        return corner_error(torch.from_numpy(h)[None], truth, 384, 480).item()
+
+    published = error(loc.query(query).best.homography)
+    loc.configure(refine_rounds=0)
+    regressed = error(loc.query(query).best.homography)
+    assert published < 10.0 < regressed, (published, regressed)
+
+
+def test_refinement_improves_the_shipped_regressor_on_held_back_views():
+    """Medium synthetic views of demo photos (never in training): refined < regressed < identity."""
+    model, _ = load_model(None)
+    loc = Localizer(model, MapDatabase(model_identity(model)), reranker="none")
+    errors = {"identity": [], "regressed": [], "refined": []}
+    photos = [f.load() for f in folder_frames(DATA / "database")][:7]
+    kps = grid_keypoints(24, 24, 16)
     with torch.no_grad():
-        for epoch in range(3):
-            pairs.epoch = epoch
-            for i in range(len(pairs)):
-                s = pairs[i]
-                fq = model.embed(normalise(s["query"][None], model))
-                fp = model.embed(normalise(s["positive"][None], model))
-                h = model.homographies(fq.local, fp.local)
-                errors.append(corner_error(h, s["h_true"][None], 384, 384).item())
-                identity.append(corner_error(torch.eye(3)[None], s["h_true"][None], 384, 384).item())
-    assert np.mean(errors) < RECORDED_CORNER_ERROR_PX < np.mean(identity), (np.mean(errors), np.mean(identity))
+        for i, photo in enumerate(photos):
+            view = synthetic_view(np.random.default_rng([77, i]), photo, 384, LEVELS["medium"], photos[i - 1])
+            q, p = (loc.embed([im])[0] for im in (view.query, view.positive))
+            h = model.homographies(q[0], p).float()
+            refined = refine_homographies(h, kps, kps, mutual_nearest_neighbours(q[0], p), DEFAULT_REFINE_ROUNDS,
+                                          16 * REFINE_START_PATCHES, 16 * REFINE_END_PATCHES)
+            truth = torch.from_numpy(view.h_true)[None].float()
+            for name, est in (("identity", torch.eye(3)[None]), ("regressed", h), ("refined", refined)):
+                errors[name].append(corner_error(est, truth, 384, 384).item())
+    mean = {k: float(np.mean(v)) for k, v in errors.items()}
+    assert mean["refined"] < mean["regressed"] < mean["identity"], mean

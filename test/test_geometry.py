@@ -1,3 +1,5 @@
+# Copyright 2026 dhe_vpr_ros maintainers
+# SPDX-License-Identifier: Apache-2.0
 import torch
 
 from dhe_vpr_ros.geometry import (corner_error, homography_from_four_points, image_corners,

@@ -1,3 +1,5 @@
+# Copyright 2026 dhe_vpr_ros maintainers
+# SPDX-License-Identifier: Apache-2.0
 """Map database on disk: real FAISS indexes, real memory-mapped files, real processes."""
 import os
 import signal
@@ -9,7 +11,7 @@ import time
 import numpy as np
 import pytest
 
-from dhe_vpr_ros.mapdb import MapDatabase, MapError, ModelIdentity, Place
+from dhe_vpr_ros.mapdb import MapDatabase, MapError, ModelIdentity, Place, Pose
 
 IDENTITY = ModelIdentity("efficientnet_lite0", "abc123", 384, (8, 4, 4), 16)
 
@@ -25,7 +27,7 @@ def _build(path, n=20, seed=0, index_type="flat"):
     db = MapDatabase(IDENTITY, index_type)
     g, loc = _random_places(n, seed)
     places = [Place(0, source=f"img_{i}.jpg", timestamp_ns=1000 + i,
-                    pose={"frame_id": "map", "position": [i, 0, 0], "orientation": [0, 0, 0, 1]},
+                    pose=Pose("map", (i, 0, 0), (0, 0, 0, 1)),
                     utm=(500000.0 + i, 4e6)) for i in range(n)]
     db.add(g, loc, places)
     db.save(path)
@@ -43,7 +45,7 @@ def test_build_reopen_search_and_read_candidates(tmp_path, index_type):
     assert (sims[:, 0] > sims[:, 1]).all()
     assert np.array_equal(db.local_features([7, 3]), loc[[7, 3]])
     assert db.places[7].source == "img_7.jpg" and db.places[7].timestamp_ns == 1007
-    assert db.places[7].pose["position"] == [7, 0, 0] and db.places[7].utm == (500007.0, 4e6)
+    assert db.places[7].pose.position == (7, 0, 0) and db.places[7].utm == (500007.0, 4e6)
 
 
 def test_append_keeps_old_ids_stable(tmp_path):
@@ -90,7 +92,7 @@ def test_corruptions_raise_clear_errors(tmp_path):
     with pytest.raises(MapError, match="newer than this"):
         MapDatabase.open(variant("newer", newer))
     corrupt = variant("corrupt_index", lambda p: (p / "global.faiss").write_bytes(b"garbage"))
-    with pytest.raises(MapError, match="global index is corrupt"):
+    with pytest.raises(MapError, match="global.faiss.*corrupt"):
         MapDatabase.open(corrupt)
 
 
@@ -115,3 +117,76 @@ def test_killed_save_leaves_previous_map_loadable(tmp_path):
     proc.wait()
     db = MapDatabase.open(tmp_path / "map", expect=IDENTITY)  # the old map, untouched
     assert len(db) == 20 and db.places[3].source == "img_3.jpg"
+    # opening it also removed what the dead writer left beside it
+    assert not [p.name for p in tmp_path.iterdir() if p.name != "map"]
+
+
+_HOLD_SPILL = """
+import sys, time
+import numpy as np
+from dhe_vpr_ros.mapdb import MapDatabase, ModelIdentity
+db = MapDatabase(ModelIdentity("efficientnet_lite0", "abc123", 384, (8, 4, 4), 16), spill_dir=sys.argv[1])
+db.add(np.random.rand(3, 16).astype("float32"), np.ones((3, 8, 4, 4), "float16"))
+print("spilling", flush=True)
+time.sleep(120)
+"""
+
+
+def test_leftovers_of_a_dead_writer_go_and_a_live_writers_stay(tmp_path):
+    from dhe_vpr_ros.mapdb import clean_leftovers
+    _build(tmp_path / "map")
+    writer = subprocess.Popen([sys.executable, "-c", _HOLD_SPILL, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert writer.stdout.readline().strip() == "spilling"
+        spills = [p for p in tmp_path.iterdir() if p.name.startswith(".grids-")]
+        assert len(spills) == 1
+        dead_tmp = tmp_path / ".map.tmp-dead"  # a temp dir nobody holds, as a SIGKILL leaves it
+        dead_tmp.mkdir()
+        (dead_tmp / "local.f16").write_bytes(b"\0" * 64)
+        removed = clean_leftovers((tmp_path / "map").resolve())
+        assert [p.name for p in removed] == [".map.tmp-dead"]
+        assert spills[0].exists()  # the living writer's spill is untouched
+        MapDatabase.open(tmp_path / "map")
+        assert spills[0].exists()
+    finally:
+        writer.kill()
+        writer.wait()
+    MapDatabase.open(tmp_path / "map")  # the writer is dead now: its spill goes
+    assert not spills[0].exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["map"]
+
+
+@pytest.mark.parametrize("umask,dir_mode,file_mode", [(0o022, 0o755, 0o644), (0o077, 0o700, 0o600)])
+def test_map_files_follow_the_umask_also_after_an_append(tmp_path, umask, dir_mode, file_mode):
+    old = os.umask(umask)
+    try:
+        _build(tmp_path / "map")
+        modes = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "map").iterdir()}
+        assert (tmp_path / "map").stat().st_mode & 0o777 == dir_mode
+        assert modes == dict.fromkeys(["global.faiss", "local.f16", "places.jsonl", "manifest.json"], file_mode)
+        db = MapDatabase.open(tmp_path / "map", expect=IDENTITY)
+        db.add(*_random_places(2, 5))
+        db.save(tmp_path / "map")
+        assert {p.stat().st_mode & 0o777 for p in (tmp_path / "map").iterdir()} == {file_mode}
+    finally:
+        os.umask(old)
+
+
+def test_save_refuses_what_is_not_a_map_and_deletes_nothing(tmp_path):
+    db = MapDatabase(IDENTITY)
+    db.add(*_random_places(3, 0))
+    user_dir = tmp_path / "photos"
+    user_dir.mkdir()
+    (user_dir / "a.jpg").write_bytes(b"mine")
+    user_file = tmp_path / "notes.txt"
+    user_file.write_text("mine")
+    for target in (user_dir, user_file):
+        with pytest.raises(MapError, match="not a dhe_vpr_ros map"):
+            db.save(target)
+    _build(tmp_path / "map")
+    (tmp_path / "map" / "README").write_text("my notes about this map")
+    with pytest.raises(MapError, match="also holds files"):
+        db.save(tmp_path / "map")
+    assert (user_dir / "a.jpg").read_bytes() == b"mine" and user_file.read_text() == "mine"
+    assert (tmp_path / "map" / "README").is_file() and len(MapDatabase.open(tmp_path / "map")) == 20
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["map", "notes.txt", "photos"]

@@ -1,3 +1,5 @@
+# Copyright 2026 dhe_vpr_ros maintainers
+# SPDX-License-Identifier: Apache-2.0
 import torch
 
 from dhe_vpr_ros.geometry import corner_error, warp_points
@@ -72,7 +74,7 @@ def _query_with_distractors(num_distractors=7, seed=2):
 def test_ransac_and_magsac_rerankers_rank_true_candidate_first():
     query, cands, sims, h_true = _query_with_distractors()
     for method in ("ransac", "magsac"):
-        result = make_reranker("ransac", stride=STRIDE, method=method)(query, cands, sims)
+        result = make_reranker(method, stride=STRIDE)(query, cands, sims)
         assert result.order[0].item() == 3, method
         assert result.scores[3] > result.scores[torch.arange(8) != 3].max()
         assert corner_error(result.homographies[3], h_true, SIZE, SIZE) < STRIDE
@@ -106,3 +108,17 @@ def test_unknown_reranker_name_is_a_clear_error():
         make_reranker("magic")
     with pytest.raises(ValueError, match="needs a model"):
         make_reranker("dhe")
+
+
+def test_dhe_moves_only_verified_candidates_ahead_of_the_retrieval_order():
+    model = build_model("efficientnet_lite0", "light", pretrained=False).eval()
+    query, cands, sims, _ = _query_with_distractors()
+    scores = make_reranker("dhe", model=model, stride=STRIDE, min_verified_inliers=0)(query, cands, sims).scores
+    assert len(set(scores.tolist())) > 2  # the check below needs distinct scores on both sides
+    threshold = float(scores.median()) + 0.5
+    order = make_reranker("dhe", model=model, stride=STRIDE, min_verified_inliers=threshold)(query, cands, sims).order
+    verified = sorted((i for i in range(len(scores)) if scores[i] >= threshold), key=lambda i: -float(scores[i]))
+    assert order.tolist() == verified + [i for i in range(len(scores)) if scores[i] < threshold]
+    never = make_reranker("dhe", model=model, stride=STRIDE, min_verified_inliers=10**6)(query, cands, sims)
+    assert never.order.tolist() == list(range(len(scores)))  # nothing verified: retrieval order
+    assert torch.equal(never.scores, scores)

@@ -1,11 +1,13 @@
+# Copyright 2026 dhe_vpr_ros maintainers
+# SPDX-License-Identifier: Apache-2.0
 import pytest
 import torch
 import torch.nn.functional as F
 
 from dhe_vpr_ros.geometry import corner_error
 
-from dhe_vpr_ros.models import (CheckpointError, build_model, correlation_volume, load_checkpoint,
-                                save_checkpoint)
+from dhe_vpr_ros.models import (PRESETS, CheckpointError, RegressorConfig, build_model, correlation_volume,
+                                load_checkpoint, save_checkpoint)
 
 
 def test_cct_gives_384x24x24_local_and_384d_global_at_384():
@@ -130,6 +132,31 @@ def test_our_checkpoint_round_trip_and_errors(tmp_path):
     torch.save(payload, mismatched)
     with pytest.raises(CheckpointError, match="does not fit its declared architecture"):
         load_checkpoint(mismatched)
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_every_preset_round_trips_through_a_checkpoint(tmp_path, preset):
+    backbone = "cct14" if preset == "paper" else "efficientnet_lite0"
+    model = build_model(backbone, preset, pretrained=False).eval()
+    save_checkpoint(tmp_path / "m.pt", model)
+    loaded, _ = load_checkpoint(tmp_path / "m.pt")
+    assert loaded.regressor.config == model.regressor.config == PRESETS[preset]
+    grid = torch.nn.functional.normalize(torch.randn(2, model.backbone.local_dim, 24, 24), dim=1)
+    with torch.no_grad():
+        assert torch.allclose(model.homographies(grid[0], grid[1:]), loaded.homographies(grid[0], grid[1:]))
+
+
+def test_a_checkpoint_of_the_old_light_preset_still_loads_as_it_was_trained(tmp_path):
+    """Until 0.2 'light' had 1 + 1 layers: its checkpoints record that config and keep it."""
+    old = RegressorConfig(grid=12, heads=4, ff_dim=288, layers=1, residual_layers=1)
+    assert old != PRESETS["light"]
+    model = build_model("efficientnet_lite0", old.to_dict(), pretrained=True).eval()
+    save_checkpoint(tmp_path / "old.pt", model, include_backbone=False)
+    loaded, _ = load_checkpoint(tmp_path / "old.pt")
+    assert loaded.regressor.config == old
+    assert len(loaded.regressor.encoder.layers) == 1
+    for key, value in model.regressor.state_dict().items():
+        assert torch.equal(loaded.regressor.state_dict()[key], value)
 
 
 class NotWeights:  # an arbitrary object needs code to unpickle: weights_only must refuse it

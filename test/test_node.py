@@ -1,24 +1,26 @@
+# Copyright 2026 dhe_vpr_ros maintainers
+# SPDX-License-Identifier: Apache-2.0
 """vpr_node in its own process, as `ros2 run` starts it, talking real DDS with this process.
 
 Frames are small (320x240 rgb8, 230 kB) and the image QoS is reliable on both sides, so Fast
 DDS delivers every frame across processes. Re-ranking is RANSAC here so the tests do not
 depend on which regressor weights are installed.
 """
-import math
+import signal
 import time
 
 import cv2
 import numpy as np
 import pytest
 import rclpy
-from conftest import textured_image
-from ros_helpers import CONFIG, NodeProcess, Probe, node_command, write_params  # noqa: F401
 from sensor_msgs.msg import CompressedImage, Image
 
+from conftest import textured_image
+from ros_helpers import CONFIG, NodeProcess, Probe, node_command, write_params  # noqa: F401
 from dhe_vpr_ros.image_conversion import to_rgb
 from dhe_vpr_ros.localizer import Localizer, model_identity
-from dhe_vpr_ros.mapdb import MapDatabase, Place
-from dhe_vpr_ros.node import PARAMETERS
+from dhe_vpr_ros.mapdb import MapDatabase, Place, Pose
+from dhe_vpr_ros.node_params import PARAMETERS
 from dhe_vpr_ros.runtime import load_model
 
 W, H = 320, 240
@@ -46,8 +48,7 @@ def map_dir(tmp_path_factory, model):
     """Four places with stamps 1000, 1100, 1200, 1300 s and poses x = 0, 10, 20, 30 m."""
     path = tmp_path_factory.mktemp("node") / "map"
     loc = Localizer(model, MapDatabase(model_identity(model)), reranker="none")
-    places = [Place(-1, f"place_{i}", int((MAP_STAMP0 + 100 * i) * 1e9),
-                    {"frame_id": "map", "position": [10.0 * i, 0.0, 0.0], "orientation": [0.0, 0.0, 0.0, 1.0]})
+    places = [Place(-1, f"place_{i}", int((MAP_STAMP0 + 100 * i) * 1e9), Pose("map", (10.0 * i, 0.0, 0.0)))
               for i in range(4)]
     loc.add_images([scene(60 + i) for i in range(4)], places)
     loc.database.save(path)
@@ -64,7 +65,7 @@ def start(tmp_path, name="node", extra=(), **params):
 def test_config_file_lists_every_parameter_with_its_default():
     import yaml
     listed = yaml.safe_load(CONFIG.read_text())["/**"]["ros__parameters"]
-    assert listed == {name: default for name, (default, _) in PARAMETERS.items()}
+    assert listed == {name: spec.default for name, spec in PARAMETERS.items()}
 
 
 def test_match_loop_closure_and_pose_reach_a_lio_sam_style_subscriber(ros, tmp_path, map_dir):
@@ -73,11 +74,9 @@ def test_match_loop_closure_and_pose_reach_a_lio_sam_style_subscriber(ros, tmp_p
     try:
         probe.wait_connected(node)
         query_stamp = 5_000.25
-        sent = time.monotonic()
         probe.publish_rgb(scene(62), query_stamp)  # place 2
         probe.wait_for(lambda: probe.got["match"] and probe.got["lio_sam"] and probe.got["pose"],
                        60, "~/match, ~/loop_closure, ~/matched_pose")
-        latency = time.monotonic() - sent
         match = probe.got["match"][0]
         assert len(match.data) == 17 and match.layout.dim[0].size == 17
         q_stamp, place_id, score, similarity, map_stamp = match.data[:5]
@@ -98,7 +97,6 @@ def test_match_loop_closure_and_pose_reach_a_lio_sam_style_subscriber(ros, tmp_p
         assert pose.header.stamp.sec == 5000 and pose.header.stamp.nanosec == 250_000_000
         debug = probe.got["debug"][0]
         assert debug.height == 240 and debug.width > 2 * W * 240 / H - 2 and debug.header.stamp.sec == 5000
-        assert latency < 30, latency
         # a query stamped within min_time_gap_sec of every place matches nothing usable: no loop
         before = len(probe.got["lio_sam"]) + len(probe.got["loop_closure"])
         n_match = len(probe.got["match"])
@@ -214,6 +212,9 @@ def test_loop_closure_within_one_run_and_save_map(ros, tmp_path):
     ({"map_path": "/nonexistent/map"}, "does not exist"),
     ({"reranker": "magic"}, "reranker 'magic' is not one of"),
     ({"backbone": "cct14"}, "built with another model"),
+    ({"image_topics": [""]}, "image_topics must list at least one camera topic"),
+    ({"diagnostics_period_sec": 0.0}, "diagnostics_period_sec out of range"),
+    ({"image_qos_reliability": "sometimes"}, "image_qos_reliability must be"),
 ])
 def test_parameter_errors_stop_startup_with_one_clear_line(tmp_path, map_dir, params, reason):
     import subprocess
@@ -223,6 +224,18 @@ def test_parameter_errors_stop_startup_with_one_clear_line(tmp_path, map_dir, pa
     assert proc.returncode != 0
     fatal = [line for line in (proc.stdout + proc.stderr).splitlines() if "cannot start" in line]
     assert len(fatal) == 1 and reason in fatal[0], proc.stdout + proc.stderr
+
+
+def test_an_empty_topic_list_is_a_clear_startup_error(tmp_path, map_dir):
+    """`image_topics: []` in a parameters file has no type in ROS 2: the node says so (given
+    alone; after another file that sets the list, rcl keeps that file's value)."""
+    import subprocess
+    bad = write_params(tmp_path / "bad.yaml", map_path=str(map_dir), image_topics=[])
+    head = node_command(bad)[:node_command(bad).index("--ros-args")]
+    proc = subprocess.run([*head, "--ros-args", "--params-file", str(bad)], capture_output=True, text=True,
+                          timeout=120)
+    fatal = [line for line in (proc.stdout + proc.stderr).splitlines() if "cannot start" in line]
+    assert proc.returncode != 0 and len(fatal) == 1 and "'image_topics' has no value" in fatal[0], proc.stderr
 
 
 def test_image_conversion_round_trips_every_encoding():
@@ -259,3 +272,172 @@ def test_mono16_big_endian_is_read_with_the_right_byte_order():
     values = np.array([[0x0100, 0xFF00]], np.uint16)
     msg = Image(height=1, width=2, encoding="mono16", is_bigendian=1, step=4, data=values.astype(">u2").tobytes())
     assert to_rgb(msg)[0, :, 0].tolist() == [1, 254]
+
+
+def _call(probe, srv_type, name, request, timeout=30):
+    client = probe.node.create_client(srv_type, name)
+    assert client.wait_for_service(timeout_sec=timeout), f"{name} not offered"
+    future = client.call_async(request)
+    probe.wait_for(future.done, timeout, name)
+    probe.node.destroy_client(client)
+    return future.result()
+
+
+def _set_params(probe, **values):
+    from rcl_interfaces.srv import SetParameters
+    from rclpy.parameter import Parameter as RclpyParameter
+    params = [RclpyParameter(k, value=v).to_parameter_msg() for k, v in values.items()]
+    return _call(probe, SetParameters, "/vpr_node/set_parameters", SetParameters.Request(parameters=params)).results
+
+
+def _lifecycle(probe, transition_label):
+    from lifecycle_msgs.msg import Transition
+    from lifecycle_msgs.srv import ChangeState
+    transition = Transition(id=getattr(Transition, f"TRANSITION_{transition_label.upper()}"))
+    return _call(probe, ChangeState, "/vpr_node/change_state", ChangeState.Request(transition=transition)).success
+
+
+def _state(probe):
+    from lifecycle_msgs.srv import GetState
+    return _call(probe, GetState, "/vpr_node/get_state", GetState.Request()).current_state.label
+
+
+def test_lifecycle_transitions_through_change_state(ros, tmp_path, map_dir):
+    """autostart false: unconfigured until told; deactivate stops answering, activate resumes."""
+    node = start(tmp_path, map_path=str(map_dir), autostart=False)
+    probe = Probe()
+    try:
+        probe.wait_for(lambda: probe.node.count_publishers("/vpr_node/transition_event") > 0
+                       or node.proc.poll() is not None, 90, "the lifecycle node")
+        assert _state(probe) == "unconfigured"
+        assert probe.node.count_subscribers("/cam") == 0  # nothing loaded, nothing subscribed
+        assert _lifecycle(probe, "configure") and _state(probe) == "inactive"
+        assert _lifecycle(probe, "activate") and _state(probe) == "active"
+        probe.wait_connected(node)
+        probe.publish_rgb(scene(61), 3000.0)
+        probe.wait_for(lambda: probe.got["match"], 60, "a match while active")
+        assert _lifecycle(probe, "deactivate") and _state(probe) == "inactive"
+        n = len(probe.got["match"])
+        probe.publish_rgb(scene(62), 3001.0)
+        probe.spin(3.0)
+        assert len(probe.got["match"]) == n  # inactive: frames are not processed
+        assert _lifecycle(probe, "activate")
+        probe.wait_connected(node)
+        probe.publish_rgb(scene(62), 3002.0)
+        probe.wait_for(lambda: len(probe.got["match"]) > n, 60, "a match after re-activating")
+        assert probe.got["match"][-1].data[1] == 2.0
+        assert _lifecycle(probe, "deactivate") and _lifecycle(probe, "cleanup") and _state(probe) == "unconfigured"
+    finally:
+        probe.close()
+        assert node.stop() == 0, node.text()
+
+
+def test_live_parameters_are_validated_and_take_effect(ros, tmp_path, map_dir):
+    new_save = tmp_path / "saved_here"
+    node = start(tmp_path, map_path=str(map_dir), reranker="ransac", min_score=20.0)
+    probe = Probe()
+    try:
+        probe.wait_connected(node)
+        rejected = _set_params(probe, top_k=0)[0]
+        assert not rejected.successful and "top_k" in rejected.reason
+        rejected = _set_params(probe, reranker="magic")[0]
+        assert not rejected.successful and "magic" in rejected.reason
+        assert not _set_params(probe, map_path="/elsewhere")[0].successful  # read-only
+        # min_score high: the match is still published, the loop closure is not
+        assert _set_params(probe, min_score=1e5)[0].successful
+        probe.publish_rgb(scene(62), 5000.0)
+        probe.wait_for(lambda: probe.got["match"], 60, "a match")
+        probe.spin(1.0)
+        assert not probe.got["loop_closure"]
+        # magsac by name, live
+        assert _set_params(probe, reranker="magsac")[0].successful
+        probe.publish_rgb(scene(62), 5000.5)
+        probe.wait_for(lambda: len(probe.got["match"]) >= 2, 60, "a magsac match")
+        assert probe.got["match"][-1].data[1] == 2.0 and probe.got["match"][-1].data[2] > 20
+        # reranker none: the score becomes the global similarity (at most 1)
+        assert _set_params(probe, reranker="none", min_score=0.0)[0].successful
+        probe.publish_rgb(scene(62), 5001.0)
+        probe.wait_for(lambda: len(probe.got["match"]) >= 3, 60, "a third match")
+        assert probe.got["match"][-1].data[2] <= 1.0 + 1e-6
+        probe.wait_for(lambda: probe.got["loop_closure"], 10, "the loop closure min_score 0 lets through")
+        # save_map_path set live is where ~/save_map writes
+        from std_srvs.srv import Trigger
+        assert _set_params(probe, save_map_path=str(new_save))[0].successful
+        reply = _call(probe, Trigger, "/vpr_node/save_map", Trigger.Request())
+        assert reply.success and str(new_save) in reply.message
+        assert len(MapDatabase.open(new_save)) == 4
+    finally:
+        probe.close()
+        assert node.stop() == 0, node.text()
+
+
+def test_save_map_never_replaces_what_is_not_a_map(ros, tmp_path, map_dir):
+    from std_srvs.srv import Trigger
+    user_dir = tmp_path / "user_dir"
+    user_dir.mkdir()
+    (user_dir / "notes.txt").write_text("mine")
+    user_file = tmp_path / "user_file"
+    user_file.write_text("also mine")
+    node = start(tmp_path, map_path=str(map_dir), save_map_path=str(user_dir))
+    probe = Probe()
+    try:
+        probe.wait_connected(node)
+        reply = _call(probe, Trigger, "/vpr_node/save_map", Trigger.Request())
+        assert not reply.success and "not a dhe_vpr_ros map" in reply.message
+        assert [p.name for p in user_dir.iterdir()] == ["notes.txt"] and (user_dir / "notes.txt").read_text() == "mine"
+        rejected = _set_params(probe, save_map_path=str(user_file))[0]
+        assert not rejected.successful and "existing file" in rejected.reason
+        assert user_file.read_text() == "also mine"
+        assert not [p for p in tmp_path.iterdir() if p.name.startswith(".user")]  # no temp leftovers
+    finally:
+        probe.close()
+        code = node.stop()
+    # the shutdown save fails the same way: reported, non-zero exit, the user's files intact
+    assert code != 0 and "saving the map on shutdown failed" in node.text()
+    assert (user_dir / "notes.txt").read_text() == "mine" and len(list(user_dir.iterdir())) == 1
+
+
+DEGENERATE = [
+    ("odd-width yuv", lambda: Image(height=480, width=641, encoding="yuv422", step=1282, data=bytes(1282 * 480))),
+    ("1x1 bayer", lambda: Image(height=1, width=1, encoding="bayer_rggb8", step=1, data=bytes(1))),
+    ("1x1 rgb", lambda: Image(height=1, width=1, encoding="rgb8", step=3, data=bytes([10, 20, 30]))),
+    ("constant colour", lambda: Image(height=64, width=64, encoding="mono8", step=64, data=bytes([128]) * 4096)),
+]
+
+
+def test_degenerate_frames_are_counted_bad_and_never_stop_inference(ros, tmp_path, map_dir):
+    node = start(tmp_path, map_path=str(map_dir))
+    probe = Probe()
+    try:
+        probe.wait_connected(node)
+        for i, (_, make) in enumerate(DEGENERATE):
+            probe.publish_raw(make(), 2000.0 + i)
+            probe.wait_for(lambda i=i: int(probe.diag_values().get("bad_messages", 0)) >= i + 1, 30,
+                           f"degenerate frame {i + 1} to be counted")
+        assert not probe.got["match"]  # none of them matched anything
+        probe.publish_rgb(scene(63), 3000.0)  # the worker still runs
+        probe.wait_for(lambda: probe.got["match"], 60, "a match after the degenerate frames")
+        assert probe.got["match"][-1].data[1] == 3.0
+        probe.wait_for(lambda: int(probe.diag_values().get("frames_processed", 0)) >= 1, 10, "diagnostics")
+        assert int(probe.diag_values()["processing_errors"]) == 0
+        assert "must be even" in node.text() and "too small" in node.text() and "constant colour" in node.text()
+    finally:
+        probe.close()
+        assert node.stop() == 0
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signals_end_the_node_cleanly_and_save_the_map(ros, tmp_path, map_dir, sig):
+    saved = tmp_path / "saved"
+    node = start(tmp_path, map_path=str(map_dir), save_map_path=str(saved))
+    probe = Probe()
+    try:
+        probe.wait_connected(node)
+    finally:
+        probe.close()
+    node.proc.send_signal(sig)
+    code = node.proc.wait(60)
+    node.stop()
+    assert code == 0, node.text()
+    assert "Traceback" not in node.text() and "saved 4 places" in node.text()
+    assert len(MapDatabase.open(saved)) == 4

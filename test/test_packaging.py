@@ -1,3 +1,5 @@
+# Copyright 2026 dhe_vpr_ros maintainers
+# SPDX-License-Identifier: Apache-2.0
 """The package builds with colcon the way a ROS 2 workspace builds it, and its console
 scripts land where `ros2 run dhe_vpr_ros <name>` looks (lib/dhe_vpr_ros)."""
 import os
@@ -22,12 +24,13 @@ def test_cli_module_lists_commands_and_fails_clearly():
 
 
 def test_colcon_build_installs_ros2_run_layout(tmp_path):
-    colcon = shutil.which("colcon")
+    colcon = shutil.which("colcon", path=f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}")
     if colcon is None:
         pytest.skip("colcon is not installed (CI installs colcon-core and colcon-ros)")
     src = tmp_path / "src" / "dhe_vpr_ros"
     shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(
-        ".git", ".venv", "build", "install", "log", "__pycache__", "*.egg-info", ".pytest_cache"))
+        ".git", ".venv", ".ros2_ws", "build", "install", "log", "__pycache__", "*.egg-info", ".pytest_cache",
+        "demo_output"))
     result = subprocess.run([colcon, "build", "--base-paths", "src"], cwd=tmp_path,
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr

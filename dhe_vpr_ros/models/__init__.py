@@ -1,3 +1,5 @@
+# Copyright 2026 dhe_vpr_ros maintainers
+# SPDX-License-Identifier: Apache-2.0
 """Networks: backbones, GeM pooling, the DHE homography regressor, and checkpoints."""
 from .backbones import BACKBONES, Backbone, Features, create_backbone
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint

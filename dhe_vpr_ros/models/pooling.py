@@ -1,3 +1,5 @@
+# Copyright 2026 dhe_vpr_ros maintainers
+# SPDX-License-Identifier: Apache-2.0
 """Global pooling of a dense feature grid into one retrieval descriptor."""
 from __future__ import annotations
 

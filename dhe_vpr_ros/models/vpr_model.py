@@ -1,3 +1,5 @@
+# Copyright 2026 dhe_vpr_ros maintainers
+# SPDX-License-Identifier: Apache-2.0
 """The VPR model: one backbone plus one homography regressor, built from a small config."""
 from __future__ import annotations
 
@@ -45,7 +47,7 @@ def build_model(backbone: str = "efficientnet_lite0", regressor: str | dict | Re
             raise ValueError(f"unknown regressor preset {regressor!r}; choose from {sorted(PRESETS)}")
         regressor = PRESETS[regressor]
     elif isinstance(regressor, dict):
-        regressor = RegressorConfig(**regressor)
+        regressor = RegressorConfig.from_dict(regressor)
     if regressor.frame_size != net.input_size:
         regressor = RegressorConfig(**{**regressor.to_dict(), "frame_size": net.input_size})
     if pretrained:
