@@ -35,8 +35,7 @@ from dhe_vpr_ros.geometry import corner_error
 from dhe_vpr_ros.localizer import Localizer, model_identity
 from dhe_vpr_ros.mapdb import MapDatabase, Place
 from dhe_vpr_ros.matching import grid_keypoints, mutual_nearest_neighbours, robust_homographies
-from dhe_vpr_ros.refine import refine_homographies
-from dhe_vpr_ros.rerank import DEFAULT_REFINE_ROUNDS, REFINE_END_PATCHES, REFINE_START_PATCHES, make_reranker
+from dhe_vpr_ros.rerank import DEFAULT_REFINE_ROUNDS, make_reranker
 from dhe_vpr_ros.runtime import load_model
 from dhe_vpr_ros.views import LEVELS, synthetic_view
 
@@ -117,8 +116,7 @@ class Estimators:
         kps = grid_keypoints(*q_local.shape[-2:], self.stride, device=q_local.device)
         matches = mutual_nearest_neighbours(q_local, p_local[None])
         regressed = self.model.homographies(q_local, p_local[None]).float()
-        refined = refine_homographies(regressed, kps, kps, matches, rounds, REFINE_START_PATCHES * self.stride,
-                                      REFINE_END_PATCHES * self.stride)
+        refined = make_reranker("dhe", self.model, self.stride, refine_rounds=rounds).refine(regressed, kps, matches)
         return regressed[0].numpy(), refined[0].numpy()
 
     @torch.no_grad()

@@ -59,10 +59,8 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb"):
     """Yield a file object; on success it replaces ``path`` atomically, on error ``path`` is untouched."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    fd, tmp = locked_tempfile(target.parent, f".{target.name}.", ".tmp")
     try:
-        _lock(fd)
-        os.fchmod(fd, umask_mode())
         with os.fdopen(fd, mode) as handle:
             yield handle
             handle.flush()
@@ -78,8 +76,13 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb"):
 def locked_tempfile(directory: str | os.PathLike | None, prefix: str, suffix: str) -> tuple[int, str]:
     """(fd, path) of a new file, locked for as long as ``fd`` is open, umask permissions."""
     fd, path = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=directory)
-    _lock(fd)
-    os.fchmod(fd, umask_mode())
+    try:
+        _lock(fd)
+        os.fchmod(fd, umask_mode())
+    except BaseException:
+        os.close(fd)
+        os.unlink(path)
+        raise
     return fd, path
 
 

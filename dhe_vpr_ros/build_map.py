@@ -63,18 +63,15 @@ def open_for_writing(path: str | Path, model, build_info: dict, append: bool = F
         raise MapError(f"a map already exists at {path}; pass --append to add to it or "
                        "--overwrite to replace it")
     else:
-        if path.exists() and not path.is_dir():
-            raise MapError(f"{path} is an existing file, not a map directory; choose a new path")
-        if path.is_dir() and not exists and any(path.iterdir()):
-            raise MapError(f"{path} exists and is not a map; choose an empty or new directory")
         database = MapDatabase(model_identity(model), index_type, build_info=dict(build_info))
-    parent = path.resolve().parent
+    target = path.resolve()
+    check_replaceable(target)  # before hours of embedding, not at the save
+    parent = target.parent
     while not parent.exists():  # the first folder that exists is where the map will be made
         parent = parent.parent
     if not os.access(parent, os.W_OK | os.X_OK):
         raise MapError(f"cannot write the map {path}: {parent} is not writable")
-    check_replaceable(path.resolve())
-    database.spill_dir = str(path.resolve().parent) if path.resolve().parent.exists() else None
+    database.spill_dir = str(target.parent) if target.parent.exists() else None
     return database
 
 

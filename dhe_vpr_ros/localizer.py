@@ -146,9 +146,7 @@ class Localizer:
             self.default_reranker = reranker
 
     def reranker(self, name: str) -> Reranker:
-        if name not in self._rerankers:
-            if name not in RERANKERS:
-                raise ValueError(f"unknown re-ranker {name!r}; choose from {', '.join(RERANKERS)}")
+        if name not in self._rerankers:  # make_reranker refuses an unknown name
             options = {"refine_rounds": self.refine_rounds} if name == "dhe" else {}
             self._rerankers[name] = make_reranker(name, self.model, stride=self.model.backbone.stride, **options)
         return self._rerankers[name]

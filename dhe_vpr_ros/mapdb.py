@@ -512,8 +512,11 @@ def is_map(path: Path) -> bool:
 
 
 def check_replaceable(target: Path) -> None:
-    """MapError unless ``target`` is absent or a map directory holding only map files."""
+    """MapError unless ``target`` is absent, an empty directory, or a map directory holding
+    only map files: nothing else is ever replaced."""
     if not target.exists() and not target.is_symlink():
+        return
+    if target.is_dir() and not target.is_symlink() and not any(target.iterdir()):
         return
     if not target.is_dir() or not is_map(target):
         kind = "directory" if target.is_dir() else "file"

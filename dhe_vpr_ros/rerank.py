@@ -15,8 +15,8 @@ import torch
 from .matching import Matches, count_inliers, grid_keypoints, mutual_nearest_neighbours, robust_homographies
 from .refine import refine_homographies
 
-__all__ = ["DEFAULT_REFINE_ROUNDS", "MIN_VERIFIED_INLIERS", "REFINE_END_PATCHES", "REFINE_START_PATCHES",
-           "RERANKERS", "RerankResult", "Reranker", "make_reranker"]
+__all__ = ["DEFAULT_REFINE_ROUNDS", "MIN_VERIFIED_INLIERS", "RERANKERS", "RerankResult", "Reranker",
+           "make_reranker"]
 
 RERANKERS = ("dhe", "ransac", "magsac", "none")
 # Rounds of inlier refitting after the regressor (0: publish the regressed homography), and the
@@ -50,9 +50,9 @@ def _order(scores: torch.Tensor) -> torch.Tensor:
 
 
 def _verified_order(scores: torch.Tensor, min_inliers: float) -> torch.Tensor:
-    """Candidates with at least ``min_inliers`` best first, then the rest in retrieval order."""
-    verified = scores.float() >= min_inliers
-    return torch.sort(torch.where(verified, scores.float(), -1.0), descending=True, stable=True).indices
+    """Candidates with at least ``min_inliers`` best first, then the rest in retrieval order
+    (they tie below every count, and ties keep the retrieval order)."""
+    return _order(torch.where(scores.float() >= min_inliers, scores.float(), -1.0))
 
 
 class Reranker:
@@ -112,14 +112,19 @@ class DHEReranker(_PatchMatchingReranker):
             return None if device.type != "cpu" else self.model.regressor.cpu_chunk()
         return self.chunk_size
 
+    def refine(self, homographies: torch.Tensor, keypoints: torch.Tensor, matches: Matches) -> torch.Tensor:
+        """(K, 3, 3) regressed homographies refitted to their inliers as this re-ranker scores
+        them (``refine_rounds`` rounds, window 3 -> 1.5 patches); unchanged for 0 rounds."""
+        if not self.refine_rounds:
+            return homographies
+        return refine_homographies(homographies, keypoints, keypoints, matches, self.refine_rounds,
+                                   self.refine_start_px, self.refine_end_px)
+
     @torch.no_grad()
     def __call__(self, query_local, candidate_local, global_similarity):
         kps, matches = self._setup(query_local, candidate_local)
-        homographies = self.model.homographies(query_local, candidate_local,
-                                               self.chunk_for(candidate_local.device))
-        if self.refine_rounds:
-            homographies = refine_homographies(homographies, kps, kps, matches, self.refine_rounds,
-                                               self.refine_start_px, self.refine_end_px)
+        homographies = self.refine(self.model.homographies(query_local, candidate_local,
+                                                           self.chunk_for(candidate_local.device)), kps, matches)
         scores = count_inliers(homographies, kps, kps, matches, self.threshold_px)
         return RerankResult(scores, _verified_order(scores, self.min_verified_inliers), homographies, matches)
 

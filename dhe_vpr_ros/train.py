@@ -44,8 +44,7 @@ from .losses import corner_loss, rei_loss, triplet_loss
 from .mapdb import MapDatabase
 from .matching import grid_keypoints, mutual_nearest_neighbours, robust_homographies
 from .models import BACKBONES, VPRModel, build_model, load_checkpoint, save_checkpoint
-from .refine import refine_homographies
-from .rerank import DEFAULT_REFINE_ROUNDS, REFINE_END_PATCHES, REFINE_START_PATCHES
+from .rerank import make_reranker
 from .runtime import resolve_device
 from .training_data import GeoPairs, WarpedPairs, load_square, negatives_pool, sample_rng
 from .views import ViewRecipe
@@ -285,6 +284,7 @@ def _validate_views(model: VPRModel, loc: Localizer, pairs: WarpedPairs, device:
     add_frames(loc, [Frame(f"val-{i}", lambda s=s: s["positive"].numpy()) for i, s in enumerate(samples)],
                16, desc="val map")
     stride, size = model.backbone.stride, float(pairs.size)
+    dhe = make_reranker("dhe", model, stride=stride)  # its refinement is what the node publishes
     errors: dict[str, list[float]] = {"dhe": [], "dhe+refine": [], "ransac": [], "identity": []}
     hits, rei = {"none": 0, "dhe": 0}, []
     for i, s in enumerate(samples):
@@ -297,8 +297,7 @@ def _validate_views(model: VPRModel, loc: Localizer, pairs: WarpedPairs, device:
         kps = grid_keypoints(*q_local.shape[-2:], stride, device=device)
         matches = mutual_nearest_neighbours(q_local[0], p_local)
         h = model.homographies(q_local, p_local).float()
-        refined = refine_homographies(h, kps, kps, matches, DEFAULT_REFINE_ROUNDS, REFINE_START_PATCHES * stride,
-                                      REFINE_END_PATCHES * stride)
+        refined = dhe.refine(h, kps, matches)
         h_ransac, _ = robust_homographies(kps, kps, matches, 1.5 * stride, "ransac")
         truth = s["h_true"][None].to(device)
         for name, estimate in (("dhe", h), ("dhe+refine", refined), ("identity", torch.eye(3, device=device)[None]),
@@ -341,6 +340,10 @@ class RunState:
     best: tuple | None = None
     history: list = field(default_factory=list)
     stop_requested: bool = False  # set by SIGINT / SIGTERM; the loop saves and stops
+
+    def last_metrics(self) -> dict:
+        """The latest validation in the history ({} before the first)."""
+        return next((h["val"] for h in reversed(self.history) if h["val"]), {})
 
 
 class Stop(Exception):
@@ -611,7 +614,7 @@ class Trainer:
             self.out.mkdir(parents=True, exist_ok=True)
             with atomic_write(self.out / "config.json", mode="w") as handle:
                 json.dump(asdict(self.cfg), handle, indent=2)
-        metrics: dict = next((h["val"] for h in reversed(self.state.history) if h["val"]), {})
+        metrics = self.state.last_metrics()
         if not self.state.history and self.dist.rank == 0:  # the starting point of the curve
             metrics = self.validate_and_checkpoint(0, None)
         for epoch in range(self.state.epoch, self.cfg.epochs):
@@ -648,7 +651,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
         return trainer.run()
     except Stop:
         log.info("interrupted: state saved to %s; continue with --resume", trainer.state_path)
-        return next((h["val"] for h in reversed(trainer.state.history) if h["val"]), {})
+        return trainer.state.last_metrics()
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)

@@ -153,6 +153,25 @@ def test_geo_split_without_utm_names_is_a_clear_error(tmp_path, caplog):
     assert main(["build-map", "--images", str(tmp_path / "empty"), "-o", str(tmp_path / "map")]) == 2
 
 
+def test_build_map_output_an_empty_folder_is_used_and_a_user_path_is_refused_untouched(tmp_path, caplog):
+    write_images(tmp_path / "imgs", range(2))
+    empty = tmp_path / "made_by_hand"
+    empty.mkdir()
+    assert main(["build-map", "--images", str(tmp_path / "imgs"), "-o", str(empty)]) == 0
+    assert len(MapDatabase.open(empty)) == 2
+    user_file, user_dir = tmp_path / "notes.txt", tmp_path / "photos"
+    user_file.write_text("mine")
+    user_dir.mkdir()
+    (user_dir / "a.jpg").write_bytes(b"mine too")
+    for target in (user_file, user_dir):
+        caplog.clear()
+        assert main(["build-map", "--images", str(tmp_path / "imgs"), "-o", str(target)]) == 2
+        errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+        assert len(errors) == 1 and "not a dhe_vpr_ros map" in errors[0].getMessage(), caplog.text
+    assert user_file.read_text() == "mine" and [p.name for p in user_dir.iterdir()] == ["a.jpg"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["imgs", "made_by_hand", "notes.txt", "photos"]
+
+
 # -- rosbag2 -------------------------------------------------------------------------------
 def _write_bag(path, storage, compressed, pose_type):
     from rosbags.rosbag2 import StoragePlugin, Writer

@@ -16,8 +16,7 @@ from dhe_vpr_ros.localizer import Localizer, model_identity
 from dhe_vpr_ros.mapdb import MapDatabase, Place
 from dhe_vpr_ros.matching import grid_keypoints, mutual_nearest_neighbours
 from dhe_vpr_ros.models.checkpoint import file_sha256
-from dhe_vpr_ros.refine import refine_homographies
-from dhe_vpr_ros.rerank import DEFAULT_REFINE_ROUNDS, REFINE_END_PATCHES, REFINE_START_PATCHES
+from dhe_vpr_ros.rerank import make_reranker
 from dhe_vpr_ros.runtime import default_checkpoint, load_model
 from dhe_vpr_ros.views import LEVELS, synthetic_view
 
@@ -73,13 +72,13 @@ def test_refinement_improves_the_shipped_regressor_on_held_back_views():
     errors = {"identity": [], "regressed": [], "refined": []}
     photos = [f.load() for f in folder_frames(DATA / "database")][:7]
     kps = grid_keypoints(24, 24, 16)
+    dhe = make_reranker("dhe", model, stride=16)  # the default refinement, as published
     with torch.no_grad():
         for i, photo in enumerate(photos):
             view = synthetic_view(np.random.default_rng([77, i]), photo, 384, LEVELS["medium"], photos[i - 1])
             q, p = (loc.embed([im])[0] for im in (view.query, view.positive))
             h = model.homographies(q[0], p).float()
-            refined = refine_homographies(h, kps, kps, mutual_nearest_neighbours(q[0], p), DEFAULT_REFINE_ROUNDS,
-                                          16 * REFINE_START_PATCHES, 16 * REFINE_END_PATCHES)
+            refined = dhe.refine(h, kps, mutual_nearest_neighbours(q[0], p))
             truth = torch.from_numpy(view.h_true)[None].float()
             for name, est in (("identity", torch.eye(3)[None]), ("regressed", h), ("refined", refined)):
                 errors[name].append(corner_error(est, truth, 384, 384).item())
