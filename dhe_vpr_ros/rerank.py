@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from .matching import Matches, count_inliers, grid_keypoints, mutual_nearest_neighbours, robust_homographies
-from .refine import refine_homographies
+from .refine import refine_from_starts, shift_hypotheses
 
 __all__ = ["DEFAULT_REFINE_ROUNDS", "MIN_VERIFIED_INLIERS", "RERANKERS", "RerankResult", "Reranker",
            "make_reranker"]
@@ -88,14 +88,15 @@ class _PatchMatchingReranker(Reranker):
 
 class DHEReranker(_PatchMatchingReranker):
     """Score = mutual-NN matches consistent with the homography (within 3 patches): the
-    regressed one, refitted ``refine_rounds`` times to the matches it explains. Only candidates
+    regressed one, refitted ``refine_rounds`` times to the matches it explains (or the matches'
+    most common shift refitted the same way, where that fits more of them). Only candidates
     with ``min_verified_inliers`` or more are moved ahead of the retrieval order."""
 
     name = "dhe"
 
     def __init__(self, model, stride: int = 16, threshold_patches: float = 3.0,
                  chunk_size: int | str | None = "auto", refine_rounds: int = DEFAULT_REFINE_ROUNDS,
-                 min_verified_inliers: float = MIN_VERIFIED_INLIERS):
+                 min_verified_inliers: float = MIN_VERIFIED_INLIERS, shift_start: bool = True):
         super().__init__(stride, threshold_patches)
         if refine_rounds < 0:
             raise ValueError(f"refine_rounds must be 0 or more, not {refine_rounds}")
@@ -105,6 +106,7 @@ class DHEReranker(_PatchMatchingReranker):
         self.refine_start_px = REFINE_START_PATCHES * stride
         self.refine_end_px = REFINE_END_PATCHES * stride
         self.min_verified_inliers = min_verified_inliers
+        self.shift_start = shift_start
 
     def chunk_for(self, device: torch.device) -> int | None:
         """Pairs per transformer pass: all K on a GPU, a cache-sized few on a CPU."""
@@ -114,11 +116,15 @@ class DHEReranker(_PatchMatchingReranker):
 
     def refine(self, homographies: torch.Tensor, keypoints: torch.Tensor, matches: Matches) -> torch.Tensor:
         """(K, 3, 3) regressed homographies refitted to their inliers as this re-ranker scores
-        them (``refine_rounds`` rounds, window 3 -> 1.5 patches); unchanged for 0 rounds."""
+        them (``refine_rounds`` rounds, window 3 -> 1.5 patches), or the refitted shift start
+        where that fits more matches within the last window; unchanged for 0 rounds."""
         if not self.refine_rounds:
             return homographies
-        return refine_homographies(homographies, keypoints, keypoints, matches, self.refine_rounds,
-                                   self.refine_start_px, self.refine_end_px)
+        starts = [homographies]
+        if self.shift_start:
+            starts.append(shift_hypotheses(keypoints, keypoints, matches, self.stride).to(homographies.dtype))
+        return refine_from_starts(torch.stack(starts), keypoints, keypoints, matches, self.refine_rounds,
+                                  self.refine_start_px, self.refine_end_px, self.refine_end_px)
 
     @torch.no_grad()
     def __call__(self, query_local, candidate_local, global_similarity):

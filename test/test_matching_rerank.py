@@ -122,3 +122,23 @@ def test_dhe_moves_only_verified_candidates_ahead_of_the_retrieval_order():
     never = make_reranker("dhe", model=model, stride=STRIDE, min_verified_inliers=10**6)(query, cands, sims)
     assert never.order.tolist() == list(range(len(scores)))  # nothing verified: retrieval order
     assert torch.equal(never.scores, scores)
+
+
+def test_dhe_finds_a_large_shift_that_the_regressor_misses():
+    """An untrained regressor returns about the identity; the true candidate is shifted by
+    ~9 patches, far outside the first refinement window. The shift start still finds it."""
+    g = torch.Generator().manual_seed(5)
+    h_true = torch.eye(3)[None].clone()
+    h_true[0, :2, 2] = torch.tensor([150.0, -110.0])
+    query, true_cand = warped_feature_grids(h_true, GRID, STRIDE, dim=64, generator=g)
+    distractors = torch.nn.functional.normalize(torch.randn(5, 64, GRID, GRID, generator=g), dim=1)
+    cands = torch.cat([distractors[:2], true_cand, distractors[2:]])  # true one at index 2
+    sims = torch.linspace(0.9, 0.5, len(cands))
+    model = build_model("efficientnet_lite0", "light", pretrained=False).eval()
+    without = make_reranker("dhe", model=model, stride=STRIDE, min_verified_inliers=0, shift_start=False)
+    with_shift = make_reranker("dhe", model=model, stride=STRIDE, min_verified_inliers=0)
+    before, after = without(query, cands, sims), with_shift(query, cands, sims)
+    assert corner_error(before.homographies[2], h_true[0], SIZE, SIZE) > 100
+    assert after.order[0].item() == 2
+    assert corner_error(after.homographies[2], h_true[0], SIZE, SIZE) < STRIDE
+    assert after.scores[2] > before.scores[2]

@@ -1,11 +1,12 @@
 # Copyright 2026 dhe_vpr_ros maintainers
 # SPDX-License-Identifier: Apache-2.0
-"""Refinement of regressed homographies: recovers the true one, batched == one at a time."""
+"""Refinement of regressed homographies: recovers the true one, batched == one at a time, and
+the shift start rescues a regressed homography that is far off."""
 import torch
 
 from dhe_vpr_ros.geometry import corner_error, warp_points
 from dhe_vpr_ros.matching import Matches, grid_keypoints, mutual_nearest_neighbours
-from dhe_vpr_ros.refine import inlier_thresholds, refine_homographies
+from dhe_vpr_ros.refine import inlier_thresholds, refine_from_starts, refine_homographies, shift_hypotheses
 from dhe_vpr_ros.synthetic import random_homographies, warped_feature_grids
 
 SIZE, STRIDE = 384, 16
@@ -67,3 +68,40 @@ def test_thresholds_hold_then_shrink():
     assert inlier_thresholds(0, 48, 24) == []
     assert inlier_thresholds(1, 48, 24) == [24.0]
     assert inlier_thresholds(4, 48, 24) == [48, 48, 36.0, 24.0]
+
+
+def _translations(shifts) -> torch.Tensor:
+    h = torch.eye(3).repeat(len(shifts), 1, 1)
+    h[:, :2, 2] = torch.tensor(shifts, dtype=torch.float32)
+    return h
+
+
+def test_shift_hypotheses_find_the_most_common_displacement_per_candidate():
+    g = torch.Generator().manual_seed(3)
+    h_true = _translations([(48.0, -32.0), (-100.0, 70.0), (5.0, 3.0)])
+    kps, cand_kps, matches = _exact_matches_with_outliers(h_true, g, outlier_share=0.4)
+    found = shift_hypotheses(kps, cand_kps, matches, bin_px=STRIDE)
+    assert found.shape == (3, 3, 3)
+    assert torch.equal(found[:, 2], torch.tensor([0.0, 0.0, 1.0]).expand(3, 3))
+    assert torch.equal(found[:, :2, :2], torch.eye(2).expand(3, 2, 2))
+    assert ((found[:, :2, 2] - h_true[:, :2, 2]).abs() <= STRIDE / 2).all(), found[:, :2, 2]
+
+
+def test_the_shift_start_rescues_a_far_off_homography_and_a_good_one_is_kept():
+    g = torch.Generator().manual_seed(4)
+    h_true = random_homographies(3, SIZE, max_shift=0.02, generator=g) @ _translations([(120.0, -90.0)] * 3)
+    kps, cand_kps, matches = _exact_matches_with_outliers(h_true, g)
+    regressed = h_true.clone()
+    regressed[0, 0, 2] += 300.0  # candidate 0: the regressor missed by far more than any window
+    shifts = shift_hypotheses(kps, cand_kps, matches, STRIDE)
+    alone = refine_homographies(regressed, kps, cand_kps, matches, 4, 48, 24)
+    both = refine_from_starts(torch.stack([regressed, shifts]), kps, cand_kps, matches, 4, 48, 24, score_px=24)
+    assert corner_error(alone[:1], h_true[:1], SIZE, SIZE) > 100  # refinement alone cannot reach it
+    assert (corner_error(both, h_true, SIZE, SIZE) < 1.0).all()
+    # where both starts end on the truth (a tie), the regressed start's result is the one kept
+    assert torch.equal(both[1:], alone[1:])
+    # batched over candidates == one candidate at a time
+    single = torch.cat([refine_from_starts(torch.stack([regressed, shifts])[:, i:i + 1], kps, cand_kps,
+                                           Matches(matches.partner[i:i + 1], matches.valid[i:i + 1]), 4, 48, 24,
+                                           score_px=24) for i in range(3)])
+    assert corner_error(both, single, SIZE, SIZE).max() < 1e-2
