@@ -102,5 +102,5 @@ def refine_from_starts(starts: torch.Tensor, query_keypoints: torch.Tensor, cand
     refined = refine_homographies(starts.reshape(s * k, 3, 3), query_keypoints, candidate_keypoints, repeated,
                                   rounds, high_px, low_px)
     inliers = count_inliers(refined, query_keypoints, candidate_keypoints, repeated, score_px).view(s, k)
-    best = torch.argmax(inliers - torch.arange(s, device=inliers.device)[:, None] / (s + 1.0), dim=0)
+    best = inliers.argmax(dim=0)  # torch.argmax returns the first of equal maxima
     return refined.view(s, k, 3, 3)[best, torch.arange(k, device=best.device)]
