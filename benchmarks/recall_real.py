@@ -14,7 +14,9 @@
 
     python benchmarks/recall_real.py --cohog /path/to/CoHOG_Results_RAL2019 [--checkpoint CKPT]
 
-Prints a table, then ``name=value`` lines (``recall1_<set>_<reranker>``).
+Prints a table, then ``name=value`` lines (``recall1_<set>_<reranker>``, and the precision of
+the first-ranked places: ``r100p_<set>_<reranker>`` recall at 100 % precision and
+``ap_<set>_<reranker>`` average precision, from each query's first place and its score).
 """
 from __future__ import annotations
 
@@ -31,6 +33,7 @@ from dhe_vpr_ros.datasets import folder_frames
 from dhe_vpr_ros.demo import DATA
 from dhe_vpr_ros.localizer import Localizer, model_identity
 from dhe_vpr_ros.mapdb import MapDatabase, Place
+from dhe_vpr_ros.precision import precision_curve, summarize
 from dhe_vpr_ros.runtime import load_model
 
 RERANKERS = ("none", "ransac", "magsac", "dhe")
@@ -83,13 +86,15 @@ def demo_set():
     return load("queries"), load("database"), 0
 
 
-def recalls(model, device, queries, places, top_k: int) -> tuple[dict, dict]:
-    """Recall@1 and @5 (percent) per re-ranker, and mean re-ranking ms per query."""
+def recalls(model, device, queries, places, top_k: int) -> tuple[dict, dict, dict]:
+    """Recall@1 and @5 (percent) per re-ranker, mean re-ranking ms per query, and the precision
+    figures of the first-ranked places (``precision.summarize``)."""
     loc = Localizer(model, MapDatabase(model_identity(model)), device, "dhe", top_k=top_k)
     for start in range(0, len(places), 16):
         batch = places[start:start + 16]
         loc.add_images(batch, [Place(-1, f"place-{start + i}") for i in range(len(batch))])
     hits = {name: {1: 0, 5: 0} for name in RERANKERS}
+    firsts = {name: ([], []) for name in RERANKERS}  # (score, right) of each query's first place
     times = dict.fromkeys(RERANKERS, 0.0)
     for i, image in enumerate(queries):
         local, global_ = loc.embed([image])
@@ -101,9 +106,12 @@ def recalls(model, device, queries, places, top_k: int) -> tuple[dict, dict]:
             ranked = [c.place_id for c in result.candidates]
             for n in (1, 5):
                 hits[name][n] += int(i in ranked[:n])
+            firsts[name][0].append(result.candidates[0].score if ranked else float("nan"))
+            firsts[name][1].append(bool(ranked) and ranked[0] == i)
     n = max(len(queries), 1)
+    precision = {name: summarize(precision_curve(s, c, [True] * len(s))) for name, (s, c) in firsts.items()}
     return ({name: {k: 100.0 * v / n for k, v in h.items()} for name, h in hits.items()},
-            {name: 1e3 * t / n for name, t in times.items()})
+            {name: 1e3 * t / n for name, t in times.items()}, precision)
 
 
 def main() -> None:
@@ -121,18 +129,21 @@ def main() -> None:
         for name, folder in COHOG_SETS.items():
             if (args.cohog / folder).is_dir():
                 sets[name] = crop_figures(args.cohog / folder)
-    print(f"{'set':<14}{'queries':>8}{'places':>8}{'skipped':>8}  {'re-ranker':<8}{'R@1':>7}{'R@5':>7}{'ms/query':>10}")
+    print(f"{'set':<14}{'queries':>8}{'places':>8}{'skipped':>8}  {'re-ranker':<8}{'R@1':>7}{'R@5':>7}"
+          f"{'R@100P':>8}{'AP':>7}{'ms/query':>10}")
     lines = {}
     for name, (queries, places, skipped) in sets.items():
-        recall, ms = recalls(model, device, queries, places, args.top_k)
+        recall, ms, precision = recalls(model, device, queries, places, args.top_k)
         for reranker in RERANKERS:
-            r = recall[reranker]
+            r, p = recall[reranker], precision[reranker]
             print(f"{name:<14}{len(queries):>8}{len(places):>8}{skipped:>8}  {reranker:<8}{r[1]:>7.1f}{r[5]:>7.1f}"
-                  f"{ms[reranker]:>10.1f}")
-            lines[f"recall1_{name}_{reranker}"] = r[1]
-            lines[f"recall5_{name}_{reranker}"] = r[5]
+                  f"{p.recall_at_100_precision:>8.3f}{p.average_precision:>7.3f}{ms[reranker]:>10.1f}")
+            lines[f"recall1_{name}_{reranker}"] = f"{r[1]:.1f}"
+            lines[f"recall5_{name}_{reranker}"] = f"{r[5]:.1f}"
+            lines[f"r100p_{name}_{reranker}"] = f"{p.recall_at_100_precision:.3f}"
+            lines[f"ap_{name}_{reranker}"] = f"{p.average_precision:.3f}"
     for key, value in lines.items():
-        print(f"{key}={value:.1f}")
+        print(f"{key}={value}")
 
 
 if __name__ == "__main__":

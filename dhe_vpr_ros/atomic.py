@@ -6,20 +6,36 @@ Temporaries carry an exclusive ``flock`` for as long as their writer lives, so l
 killed writer are told from a live one's by trying the lock (``remove_stale``). What is
 written gets the permissions the user's umask gives (0644 / 0755 under 022), not the 0600
 of ``mkstemp``.
+
+``writer_lock`` serialises the writers of one target across processes: an exclusive ``flock``
+on a sibling ``.NAME.lock`` file (a stable inode: the target itself is swapped on every write),
+held for a whole read-modify-write, re-entrant within a process. ``unnamed_tempfile`` makes
+scratch files that have no name until they are linked: a killed process leaves nothing.
 """
 from __future__ import annotations
 
 import contextlib
 import ctypes
 import ctypes.util
+import errno
 import fcntl
+import logging
 import os
 import shutil
 import tempfile
+import threading
+import time
 from pathlib import Path
 
-__all__ = ["atomic_write", "exchange", "fsync_directory", "locked_tempdir", "locked_tempfile", "remove_stale",
-           "umask_mode"]
+__all__ = ["LockTimeout", "atomic_write", "exchange", "fsync_directory", "link_unnamed", "locked_tempdir",
+           "locked_tempfile", "release_writer_lock", "remove_stale", "try_writer_lock", "umask_mode",
+           "unnamed_tempfile", "writer_lock"]
+
+log = logging.getLogger(__name__)
+
+
+class LockTimeout(TimeoutError):
+    """Another process held the writer lock for longer than we were told to wait."""
 
 
 def fsync_directory(path: str | os.PathLike) -> None:
@@ -56,10 +72,17 @@ def _lock(fd: int) -> None:
 
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike, mode: str = "wb"):
-    """Yield a file object; on success it replaces ``path`` atomically, on error ``path`` is untouched."""
+    """Yield a file object; on success it replaces ``path`` atomically, on error ``path`` is
+    untouched. A failure of the file system (full disk, a directory in the way, no permission)
+    is an OSError that names ``path``."""
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = locked_tempfile(target.parent, f".{target.name}.", ".tmp")
+    if target.is_dir():
+        raise IsADirectoryError(errno.EISDIR, "is a directory, not a file", str(target))
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = locked_tempfile(target.parent, f".{target.name}.", ".tmp")
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror or str(exc), str(target)) from None
     try:
         with os.fdopen(fd, mode) as handle:
             yield handle
@@ -67,9 +90,11 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb"):
             os.fsync(handle.fileno())
         os.replace(tmp, target)
         fsync_directory(target.parent)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(exc, OSError) and exc.errno is not None:
+            raise OSError(exc.errno, exc.strerror or str(exc), str(target)) from None
         raise
 
 
@@ -139,3 +164,132 @@ def exchange(a: Path, b: Path) -> bool:
     at_fdcwd, rename_exchange = -100, 2
     result = libc.renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange)
     return result == 0
+
+
+_HELD: dict[str, list] = {}  # lock file -> [fd, depth]: this process's writer locks
+_HELD_GUARD = threading.Lock()
+
+
+def lock_path(target: str | os.PathLike) -> Path:
+    target = Path(target).resolve()
+    return target.parent / f".{target.name}.lock"
+
+
+@contextlib.contextmanager
+def writer_lock(target: str | os.PathLike, timeout: float = 60.0, what: str = "the map"):
+    """Hold the exclusive writer lock of ``target`` (waiting at most ``timeout`` seconds, saying
+    so once); LockTimeout when another process keeps it longer. Re-entrant in a process. The
+    lock file is removed again on release (a waiter then finds its inode gone and retries)."""
+    path = lock_path(target)
+    key = str(path)
+    with _HELD_GUARD:
+        held = key in _HELD
+        if held:
+            _HELD[key][1] += 1
+    if held:
+        try:
+            yield
+        finally:
+            with _HELD_GUARD:
+                _HELD[key][1] -= 1
+        return
+    fd = _acquire(path, timeout, f"{what} {Path(target)}")
+    try:
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        with _HELD_GUARD:
+            _HELD[key] = [fd, 1]
+        try:
+            yield
+        finally:
+            with _HELD_GUARD:
+                del _HELD[key]
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+    finally:
+        os.close(fd)  # releases the flock
+
+
+def _open_locked(path: Path, blocking_ok: bool = False) -> int | None:
+    """An fd holding the flock of the lock file that is at ``path`` now, or None if it is taken."""
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, umask_mode())
+        try:
+            _lock(fd)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        try:
+            same = os.stat(path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            return fd
+        os.close(fd)  # its holder removed it while we waited: take the new one
+
+
+def _acquire(path: Path, timeout: float, what: str) -> int:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    deadline = time.monotonic() + timeout
+    told = False
+    while True:
+        fd = _open_locked(path)
+        if fd is not None:
+            return fd
+        holder = _read_holder(path)
+        if time.monotonic() >= deadline:
+            raise LockTimeout(f"{what} is being written by {holder}; waited {timeout:g} s for it: try again "
+                              "when it is done (or allow a longer wait, e.g. --lock-timeout)")
+        if not told:
+            log.warning("waiting for %s: %s is writing it (up to %g s)", what, holder, timeout)
+            told = True
+        time.sleep(0.05)
+
+
+def _read_holder(path: Path) -> str:
+    with contextlib.suppress(OSError, ValueError):
+        return f"process {int(path.read_text().strip())}"
+    return "another process"
+
+
+def try_writer_lock(target: str | os.PathLike) -> int | None:
+    """The writer lock of ``target`` if nobody holds it now (an fd: pass it to
+    ``release_writer_lock``), else None (also where the lock cannot be made, e.g. read-only media)."""
+    path = lock_path(target)
+    if str(path) in _HELD:
+        return None  # this process is writing it
+    try:
+        return _open_locked(path)
+    except OSError:
+        return None
+
+
+def release_writer_lock(target: str | os.PathLike, fd: int) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(lock_path(target))
+    os.close(fd)
+
+
+def unnamed_tempfile(directory: str | os.PathLike | None) -> int:
+    """An fd of a file with no name in ``directory`` (O_TMPFILE): whatever happens to this
+    process, nothing is left behind; ``link_unnamed`` gives it a name. OSError where the file
+    system cannot (the caller then falls back to a named, locked temporary)."""
+    flags = os.O_RDWR | getattr(os, "O_TMPFILE", 0)
+    if not getattr(os, "O_TMPFILE", 0):
+        raise OSError(errno.EOPNOTSUPP, "O_TMPFILE is not available here")
+    return os.open(directory or tempfile.gettempdir(), flags, umask_mode())
+
+
+def link_unnamed(fd: int, path: str | os.PathLike) -> None:
+    """Give an ``unnamed_tempfile`` the name ``path`` (no copy): through /proc, else with
+    linkat(AT_EMPTY_PATH); OSError where neither is allowed (the caller then copies)."""
+    try:
+        os.link(f"/proc/self/fd/{fd}", path, follow_symlinks=True)
+        return
+    except OSError as first:
+        libc_name = ctypes.util.find_library("c")
+        if libc_name is None:
+            raise first
+        libc = ctypes.CDLL(libc_name, use_errno=True)
+        at_fdcwd, at_empty_path = -100, 0x1000
+        if libc.linkat(fd, b"", at_fdcwd, os.fsencode(path), at_empty_path) != 0:
+            raise first from None

@@ -25,7 +25,11 @@ def add_convert_checkpoint(parser: argparse.ArgumentParser) -> None:
 
 
 def run_convert_checkpoint(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from .models import load_checkpoint, save_checkpoint
+    if Path(args.destination).exists():
+        raise ValueError(f"{args.destination} already exists: nothing was changed; choose a new file name")
     model, payload = load_checkpoint(args.source)
     meta = dict(payload.get("meta", {}))
     meta.setdefault("converted_from", str(args.source))
@@ -36,13 +40,31 @@ def run_convert_checkpoint(args: argparse.Namespace) -> int:
 
 # -- info -----------------------------------------------------------------------------------
 def add_model_info(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--map", help="describe this map (places, model, static-cell mask) instead of a model")
     parser.add_argument("--checkpoint", help="describe this checkpoint")
     parser.add_argument("--backbone", default="efficientnet_lite0", help="without --checkpoint: backbone name")
     parser.add_argument("--regressor", default=None, help="without --checkpoint: regressor preset (paper|light)")
 
 
+def run_map_info(path: str) -> int:
+    from .mapdb import MapDatabase
+    database = MapDatabase.open(path)
+    stamps = [p.timestamp_ns for p in database.places if p.timestamp_ns is not None]
+    rows = [("map", path), ("places", str(len(database))), ("backbone", database.identity.backbone),
+            ("local grid", "x".join(str(v) for v in database.identity.local_shape)),
+            ("index", database.index_type), ("built with", str(database.build_info.get("checkpoint"))),
+            ("with poses", str(sum(p.pose is not None for p in database.places))),
+            ("stamps", f"{min(stamps) / 1e9:.3f} .. {max(stamps) / 1e9:.3f} s" if stamps else "none"),
+            ("mask", database.mask.summary()), ("static threshold", f"{database.mask_settings.threshold:g}")]
+    width = max(len(k) for k, _ in rows)
+    sys.stdout.write("".join(f"{k:<{width}}  {v}\n" for k, v in rows))
+    return 0
+
+
 def run_model_info(args: argparse.Namespace) -> int:
     from .models import build_model, load_checkpoint
+    if args.map:
+        return run_map_info(args.map)
     if args.checkpoint:
         model, payload = load_checkpoint(args.checkpoint)
         meta = payload.get("meta", {})
@@ -67,11 +89,12 @@ def run_model_info(args: argparse.Namespace) -> int:
 
 # -- query ----------------------------------------------------------------------------------
 def add_query(parser: argparse.ArgumentParser) -> None:
+    from .arguments import count
     from .build_map import add_model_arguments, add_ranking_arguments
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="query image file(s)")
     parser.add_argument("--map", required=True, help="map directory (from build-map)")
     add_ranking_arguments(parser)
-    parser.add_argument("--show", type=int, default=5, help="rows printed per image (table mode)")
+    parser.add_argument("--show", type=count(0), default=5, help="rows printed per image (table mode)")
     parser.add_argument("--json", action="store_true", help="print one JSON list per image instead "
                         "(numbers that are not finite are null)")
     add_model_arguments(parser)
@@ -113,16 +136,22 @@ COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
     "query": ("rank map places for query images", add_query, run_query),
     "train": ("train the homography regressor (stage dhe) or fine-tune jointly (stage joint)",
               _lazy("train", "add_arguments"), _lazy("train", "run")),
-    "evaluate": ("Recall@N of none/ransac/dhe re-ranking on a geo-localisation split",
+    "evaluate": ("Recall@N and precision of each re-ranker on a labelled run (geo split or reference/query "
+                 "folders); --sequence: after the node's sequence verification",
                  _lazy("evaluate", "add_arguments"), _lazy("evaluate", "run")),
+    "calibrate": ("the loop-closure settings (min_score, sequence) that reach a target precision on your own "
+                  "labelled run, written as a ROS 2 parameters file", _lazy("calibrate", "add_arguments"),
+                  _lazy("calibrate", "run")),
     "convert-checkpoint": ("convert a DHE-VPR author checkpoint to ours", add_convert_checkpoint,
                            run_convert_checkpoint),
-    "info": ("describe a model or checkpoint", add_model_info, run_model_info),
+    "info": ("describe a model, a checkpoint or a map (--map: places, static-cell mask)", add_model_info,
+             run_model_info),
 }
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m dhe_vpr_ros", description=__doc__)
+    from .arguments import OneLineParser
+    parser = OneLineParser(prog="python -m dhe_vpr_ros", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (help_text, add, _) in COMMANDS.items():
@@ -177,4 +206,5 @@ model_info_main = _entry("info")
 build_map_main = _entry("build-map")
 query_main = _entry("query")
 evaluate_main = _entry("evaluate")
+calibrate_main = _entry("calibrate")
 train_main = _entry("train")

@@ -105,6 +105,22 @@ def _bag_path(path: str | Path) -> Path:
 def bag_frames(bag: str | Path, topic: str, pose_topic: str | None = None,
                min_interval_sec: float = 0.0, min_distance_m: float = 0.0,
                max_pose_gap_sec: float = 0.5) -> Iterator[Frame]:
+    """See ``_bag_frames``; a bag that cannot be read (truncated, not a rosbag2) is a
+    ValueError naming it, whenever it shows."""
+    import sqlite3
+
+    from rosbags.highlevel import AnyReaderError
+    from rosbags.rosbag2 import ReaderError
+    try:
+        yield from _bag_frames(bag, topic, pose_topic, min_interval_sec, min_distance_m, max_pose_gap_sec)
+    except (AnyReaderError, ReaderError, sqlite3.DatabaseError, EOFError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValueError(f"cannot read the bag {bag}: {reason} (truncated, or not a rosbag2 recording?)") from None
+
+
+def _bag_frames(bag: str | Path, topic: str, pose_topic: str | None = None,
+                min_interval_sec: float = 0.0, min_distance_m: float = 0.0,
+                max_pose_gap_sec: float = 0.5) -> Iterator[Frame]:
     """Frames of one Image or CompressedImage topic of a rosbag2 (.db3 or .mcap).
 
     Stamps are the header stamps (what a live node sees), else the bag's receive time. With

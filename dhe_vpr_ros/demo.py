@@ -26,6 +26,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from .arguments import number
 from .rerank import RERANKERS
 
 DATA = Path(__file__).resolve().parent / "data" / "demo"
@@ -36,7 +37,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="demo_output", help="where the map, picture and bag go")
     parser.add_argument("--reranker", default="dhe", choices=RERANKERS)
     parser.add_argument("--checkpoint", help="model checkpoint (default: the shipped model)")
-    parser.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for each answer")
+    parser.add_argument("--timeout", type=number(0.0, 3600.0, above=True), default=60.0,
+                        help="seconds to wait for each answer")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -53,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     from .runtime import open_localizer
 
     out = Path(args.out).resolve()
-    out.mkdir(parents=True, exist_ok=True)
+    claim_output(out)
     start = time.monotonic()
     # 1. the map
     log.info("[1/4] building the map from %d bundled photos", len(list((DATA / "database").glob("*.jpg"))))
@@ -64,13 +66,14 @@ def run(args: argparse.Namespace) -> int:
     for i, frame in enumerate(frames):
         frame.timestamp_ns = (1000 + 10 * i) * 1_000_000_000  # one place every 10 s of a "first traverse"
     add_frames(localizer, frames, desc="map")
-    database.save(out / "map")
+    database.save(out / "map", replace=True)  # the folder is the demo's own (claim_output)
     # 2. the node
     log.info("[2/4] starting vpr_node (re-ranker %s)", args.reranker)
     params = {"/**": {"ros__parameters": {
         "map_path": str(out / "map"), "checkpoint": args.checkpoint or "", "reranker": args.reranker,
         "image_topics": ["/demo/camera/image_raw"], "image_qos_reliability": "reliable",
-        "top_k": len(frames), "min_time_gap_sec": 0.0, "min_score": 0.0, "diagnostics_period_sec": 1.0}}}
+        "top_k": len(frames), "min_time_gap_sec": 0.0, "min_score": 0.0, "sequence_length": 1,
+        "diagnostics_period_sec": 1.0}}}  # the demo queries are unrelated places, not a route
     params_file = out / "demo_params.yaml"
     params_file.write_text(json.dumps(params))
     node_log = open(out / "vpr_node.log", "w")
@@ -134,6 +137,22 @@ def run(args: argparse.Namespace) -> int:
     for failure in failures:
         log.error("%s", failure)
     return 1 if failures else 0
+
+
+MARKER = ".dhe_vpr_ros_demo"  # in every folder the demo writes: it may write there again
+
+
+def claim_output(out: Path) -> None:
+    """The demo writes only into a new or empty folder, or one it wrote before (it holds MARKER);
+    ValueError, nothing touched, for a folder holding files the user put there."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"demo --out {out} is a file: nothing was changed; choose a folder")
+    if out.is_dir() and any(out.iterdir()) and not (out / MARKER).is_file():
+        names = ", ".join(sorted(p.name for p in out.iterdir())[:5])
+        raise ValueError(f"demo --out {out} holds files the demo did not write ({names}): nothing was changed; "
+                         "choose a new or empty folder")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MARKER).write_text("written by `python -m dhe_vpr_ros demo`; it replaces its own files here\n")
 
 
 def _exchange(rclpy, node_proc, out, timeout, failures, records) -> dict:

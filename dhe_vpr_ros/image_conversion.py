@@ -37,6 +37,38 @@ _LAYOUT = {
 }
 SUPPORTED_ENCODINGS = tuple(_LAYOUT)
 COMPRESSED_FORMATS = ("jpeg", "png")
+MAX_PIXELS = 50_000_000  # larger than any robot camera: a bigger frame is a bad message, not decoded
+
+
+def compressed_dimensions(buffer: np.ndarray) -> tuple[int, int]:
+    """(width, height) from a PNG or JPEG header, without decoding; ImageConversionError for
+    anything else (what the camera drivers send is one of the two)."""
+    head = buffer[:32].tobytes()
+    if head.startswith(b"\x89PNG\r\n\x1a\n") and len(head) >= 24:
+        return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+    if head.startswith(b"\xff\xd8"):
+        data = buffer.tobytes() if buffer.size < 1 << 16 else buffer[:1 << 20].tobytes()
+        i = 2
+        while i + 9 < len(data):
+            if data[i] != 0xFF:
+                i += 1
+                continue
+            marker = data[i + 1]
+            if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7 or marker == 0xFF:
+                i += 1 if marker == 0xFF else 2
+                continue
+            length = int.from_bytes(data[i + 2:i + 4], "big")
+            if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # a start-of-frame segment
+                return int.from_bytes(data[i + 7:i + 9], "big"), int.from_bytes(data[i + 5:i + 7], "big")
+            i += 2 + length
+        raise ImageConversionError("cannot decode compressed image: JPEG data without a frame header (truncated?)")
+    raise ImageConversionError("cannot decode compressed image: neither PNG nor JPEG data")
+
+
+def check_pixels(width: int, height: int, max_pixels: int) -> None:
+    if width * height > max_pixels:
+        raise ImageConversionError(f"image is {width}x{height} = {width * height / 1e6:.1f} MP, over the limit of "
+                                   f"{max_pixels / 1e6:g} MP (max_image_pixels): not decoded")
 
 
 def _to_rgb(raw: np.ndarray, encoding: str) -> np.ndarray:
@@ -110,12 +142,15 @@ def raw_to_rgb(encoding: str, height: int, width: int, step: int, is_bigendian: 
 
 
 @_conversion_guard("compressed image")
-def compressed_to_rgb(fmt: str, data: bytes | bytearray | memoryview | np.ndarray) -> np.ndarray:
+def compressed_to_rgb(fmt: str, data: bytes | bytearray | memoryview | np.ndarray,
+                      max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """Decode a sensor_msgs/CompressedImage payload (jpeg, png; ``format`` may carry a prefix
-    such as ``"bgr8; jpeg compressed bgr8"`` as image_transport writes it)."""
+    such as ``"bgr8; jpeg compressed bgr8"`` as image_transport writes it). Its size is read from
+    the header first: a frame over ``max_pixels`` is refused before anything is allocated."""
     buffer = np.frombuffer(data, dtype=np.uint8) if not isinstance(data, np.ndarray) else data.view(np.uint8).ravel()
     if buffer.size == 0:
         raise ImageConversionError("compressed image has no data")
+    check_pixels(*compressed_dimensions(buffer), max_pixels)
     image = cv2.imdecode(buffer, cv2.IMREAD_UNCHANGED)
     if image is None:
         raise ImageConversionError(f"cannot decode compressed image (format {fmt!r}, {buffer.size} bytes)")
@@ -143,14 +178,16 @@ def check_usable(rgb: np.ndarray) -> np.ndarray:
     return rgb
 
 
-def to_rgb(msg) -> np.ndarray:
-    """Image or CompressedImage (any object with their fields) -> RGB uint8 (H, W, 3)."""
+def to_rgb(msg, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """Image or CompressedImage (any object with their fields) -> RGB uint8 (H, W, 3); frames
+    over ``max_pixels`` are refused."""
     if hasattr(msg, "format") and not hasattr(msg, "encoding"):
-        return compressed_to_rgb(msg.format, msg.data)
+        return compressed_to_rgb(msg.format, msg.data, max_pixels)
     try:
         fields = (str(msg.encoding), int(msg.height), int(msg.width), int(msg.step), bool(msg.is_bigendian))
     except (TypeError, ValueError, AttributeError) as exc:
         raise ImageConversionError(f"not an Image message: {exc}") from None
+    check_pixels(fields[2], fields[1], max_pixels)
     return raw_to_rgb(*fields, msg.data)
 
 

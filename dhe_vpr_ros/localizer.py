@@ -126,6 +126,8 @@ class Localizer:
         self.model = model.to(self.device).eval()
         self.database = database
         self._rerankers: dict[str, Reranker] = {}
+        self._usable: tuple | None = None  # (numpy mask, the same on the device)
+        self._size_warned = False
         self.configure(reranker, top_k, refine_rounds)
 
     def configure(self, reranker: str | None = None, top_k: int | None = None,
@@ -163,6 +165,8 @@ class Localizer:
         local, global_ = self.embed(images)
         for place, img in zip(places, images):
             place.image_size = image_size(img)
+        if self.database.preview is None and len(images):  # what static_mask.png is drawn over
+            self.database.preview = np.ascontiguousarray(images[0])
         return self.database.add(global_, local.half().cpu().numpy(), list(places))
 
     # -- querying --------------------------------------------------------------------------
@@ -210,7 +214,8 @@ class Localizer:
         query_local = query_local.float()
         rer = self.reranker(name)
         candidates_local = torch.from_numpy(grids).to(self.device).float()
-        result = rer(query_local, candidates_local, torch.from_numpy(sims).to(self.device))
+        result = rer(query_local, candidates_local, torch.from_numpy(sims).to(self.device),
+                     self._usable_cells(query_size, ids))
         scores = result.scores.float().cpu()
         homographies = self._to_original_pixels(result.homographies.double().cpu(), ids, query_size)
         usable = [i for i in result.order.cpu().tolist()
@@ -223,6 +228,21 @@ class Localizer:
                       for i in usable]
         skipped = int((~finite).sum()) + len(ids) - len(usable)
         return QueryResult(candidates, {"retrieve": retrieve_ms, "rerank": rerank_ms}, inliers, skipped)
+
+    def _usable_cells(self, query_size: tuple[int, int], ids) -> torch.Tensor | None:
+        """The map's mask (static and user cells out) as a tensor, or None when every cell may vote.
+        A camera whose frames differ in size from the map's is told once: the mask was made on those."""
+        usable = self.database.usable_cells()
+        if usable is None:
+            return None
+        map_size = self.database.places[int(ids[0])].image_size
+        if map_size is not None and tuple(map_size) != tuple(query_size) and not self._size_warned:
+            self._size_warned = True
+            log.warning("the camera's images are %dx%d but the map's were %dx%d: its static-cell mask was "
+                        "learned on those and may not fit this camera", *query_size, *map_size)
+        if self._usable is None or not np.array_equal(self._usable[0], usable):
+            self._usable = (usable, torch.from_numpy(usable).to(self.device))
+        return self._usable[1]
 
     def _frame_scales(self, ids, query_size):
         frame = float(self.model.backbone.input_size)

@@ -12,6 +12,11 @@ Layout of ``MAP/``::
                     candidates' rows (one pread each), so a large map never has to fit in RAM
     places.jsonl    one JSON object per place: place_id, source, timestamp_ns, pose, utm,
                     image_size
+    cells.f64       float64 (C, H, W): the sum of every place's local grid, from which the
+                    static-cell mask is learned (``static_mask.py``; absent in older maps)
+    static_mask.png the mask drawn over one of the map's frames (for people; never read)
+
+The manifest's ``mask`` field holds how the mask is made (threshold, the user's cells, ROI).
 
 Writes never corrupt a map and never delete what is not a map: a new version is written into
 a locked temporary sibling directory, fsynced, and swapped in atomically
@@ -23,20 +28,26 @@ matches.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import logging
 import math
 import os
 import shutil
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import cv2
 import faiss
 import numpy as np
 
-from .atomic import exchange, fsync_directory, locked_tempdir, locked_tempfile, remove_stale, umask_mode
+from .atomic import (LockTimeout, exchange, fsync_directory, link_unnamed, locked_tempdir, locked_tempfile,
+                     release_writer_lock, remove_stale, try_writer_lock, umask_mode, unnamed_tempfile, writer_lock)
+from .static_mask import CellMask, CellStatistics, MaskError, MaskSettings, mask_picture
 
-__all__ = ["FORMAT", "MAP_FILES", "MapDatabase", "MapError", "ModelIdentity", "Place", "Pose", "check_replaceable",
+__all__ = ["FORMAT", "MAP_FILES", "MapDatabase", "MapError", "ModelIdentity", "Place", "Pose", "check_place",
+           "check_replaceable",
            "clean_leftovers", "is_map"]
 
 log = logging.getLogger(__name__)
@@ -44,7 +55,9 @@ log = logging.getLogger(__name__)
 FORMAT = "dhe_vpr_ros.map"
 VERSION = 1
 MANIFEST, GLOBAL_INDEX, LOCAL_GRIDS, PLACES = "manifest.json", "global.faiss", "local.f16", "places.jsonl"
-MAP_FILES = (GLOBAL_INDEX, LOCAL_GRIDS, PLACES, MANIFEST)
+CELL_SUMS, MASK_PICTURE = "cells.f64", "static_mask.png"
+MAP_FILES = (GLOBAL_INDEX, LOCAL_GRIDS, PLACES, MANIFEST)  # required; the two above are optional
+ALL_MAP_FILES = (*MAP_FILES, CELL_SUMS, MASK_PICTURE)
 INDEX_TYPES = ("flat", "hnsw")
 
 
@@ -166,6 +179,11 @@ class Place:
                    Pose.from_dict(pose) if pose is not None else None, _numbers(data, "utm", 2), size)
 
 
+def check_place(place: Place) -> None:
+    """ValueError naming the field when ``place`` would not be read back (the rules of reading)."""
+    Place.from_dict(json.loads(json.dumps(place.to_dict())))
+
+
 def _make_index(dim: int, index_type: str):
     if index_type == "flat":
         return faiss.IndexFlatIP(dim)
@@ -212,14 +230,19 @@ class _GridFile:
 
 
 class _SpillFile:
-    """Grids added since the map was opened, appended to an unlinked-on-close temp file, so
-    building a large map needs disk, not RAM. Rows are read back with pread."""
+    """Grids added since the map was opened, appended to a temporary file, so building a large
+    map needs disk, not RAM. Rows are read back with pread. The file has no name (O_TMPFILE):
+    a killed process leaves nothing behind. Where the file system cannot, it is a named file,
+    locked while its process lives, that the next open beside it removes."""
 
     PREFIX, SUFFIX = ".grids-", ".spill"
 
     def __init__(self, shape: tuple[int, int, int], directory: str | None):
         self.row_shape = shape
-        fd, self.path = locked_tempfile(directory, self.PREFIX, self.SUFFIX)  # locked while we live
+        try:
+            fd, self.path = unnamed_tempfile(directory), None
+        except OSError:
+            fd, self.path = locked_tempfile(directory, self.PREFIX, self.SUFFIX)  # locked while we live
         self.handle = os.fdopen(fd, "w+b")
         self.count = 0
 
@@ -236,15 +259,19 @@ class _SpillFile:
         False where a hard link is impossible (another filesystem), then the caller copies."""
         self.handle.flush()
         try:
-            os.link(self.path, path)
+            if self.path is None:
+                link_unnamed(self.handle.fileno(), path)
+            else:
+                os.link(self.path, path)
         except OSError:
             return False
         return True
 
     def close(self) -> None:
         self.handle.close()
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.path)
+        if self.path is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path)
 
     def __del__(self):
         with contextlib.suppress(Exception):
@@ -263,10 +290,43 @@ class MapDatabase:
     _local: _GridFile | None = None  # the stored grids when opened from disk
     spill_dir: str | None = None  # where grids added since opening wait (default: system temp)
     _spill: "_SpillFile | None" = None
+    mask_settings: MaskSettings = field(default_factory=MaskSettings)
+    _cells: CellStatistics | None = None  # None: an older map whose sums are computed on first use
+    preview: np.ndarray | None = None  # one frame of the map, for static_mask.png
+    _mask: CellMask | None = None
+    _known: dict = field(default_factory=dict)  # map path -> revision this object read or wrote
 
     def __post_init__(self):
         if self._index is None:
             self._index = _make_index(self.identity.global_dim, self.index_type)
+        if self._cells is None and not self.places:
+            self._cells = CellStatistics.empty(self.identity.local_shape)
+
+    # -- the static-cell mask -------------------------------------------------------------
+    @property
+    def cells(self) -> CellStatistics:
+        if self._cells is None:  # an older map: sum its grids once
+            log.info("computing the static-cell statistics of this map (%d places; once, kept when it is saved)",
+                     len(self))
+            self._cells = CellStatistics.empty(self.identity.local_shape)
+            for start in range(0, len(self), 256):
+                self._cells.add(self.local_features(np.arange(start, min(start + 256, len(self)))))
+        return self._cells
+
+    @property
+    def mask(self) -> CellMask:
+        """Which grid cells may vote: learned static cells and the user's mask taken out."""
+        if self._mask is None:
+            self._mask = CellMask.derive(self.cells, self.mask_settings)
+        return self._mask
+
+    def set_mask_settings(self, settings: MaskSettings) -> None:
+        self.mask_settings, self._mask = settings, None
+
+    def usable_cells(self) -> np.ndarray | None:
+        """(H*W,) bool cells that may vote, or None when all may."""
+        mask = self.mask
+        return None if mask.all_usable else mask.usable.reshape(-1)
 
     # -- content ------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -280,16 +340,26 @@ class MapDatabase:
         if loc.shape[1:] != self.identity.local_shape or loc.shape[0] != g.shape[0]:
             raise MapError(f"local grids of shape {loc.shape} do not fit this map "
                            f"({g.shape[0]} x {self.identity.local_shape})")
+        if not np.isfinite(g).all() or not np.isfinite(loc).all():
+            raise MapError("refusing to add places whose descriptors or grids are not finite (NaN or Inf): the "
+                           "model produced them; nothing was added")
         faiss.normalize_L2(g)
         first = len(self.places)
         ids = list(range(first, first + g.shape[0]))
         places = places or [Place(i) for i in ids]
         for pid, place in zip(ids, places):
             place.place_id = pid
+            try:
+                check_place(place)
+            except ValueError as exc:
+                raise MapError(f"refusing to add the place from {place.source or pid}: {exc}; nothing was added") \
+                    from None
         self._index.add(g)
         if self._spill is None:
             self._spill = _SpillFile(self.identity.local_shape, self.spill_dir)
         self._spill.append(loc)
+        self.cells.add(loc)
+        self._mask = None
         self.places.extend(places)
         return ids
 
@@ -331,19 +401,54 @@ class MapDatabase:
         return out
 
     # -- persistence ----------------------------------------------------------------------
-    def save(self, path: str | os.PathLike) -> None:
+    def save(self, path: str | os.PathLike, replace: bool = False, lock_timeout: float = 60.0) -> None:
         """Write the whole map to ``path`` atomically (a crash leaves the previous map intact).
 
-        ``path`` must be new, or an existing map with nothing else in it: anything else is
-        refused with a MapError, never replaced, so no user file is ever deleted.
+        ``path`` must be new, or an existing map with nothing else in it that this object read
+        or wrote, unchanged since (``replace``: any map); anything else is refused with a
+        MapError and never replaced: no user file is deleted, no other process's places are
+        lost. Writers of one map take turns (``atomic.writer_lock``, waiting at most
+        ``lock_timeout`` s); file-system failures are MapErrors that name the map.
         """
         target = Path(path).resolve()
-        check_replaceable(target)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        clean_leftovers(target)
+        try:
+            with writer_lock(target, lock_timeout):
+                check_replaceable(target)
+                self._check_unchanged(target, replace)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                clean_leftovers(target)  # holding the writer lock: any temporary there is a dead writer's
+                revision = uuid.uuid4().hex
+                self._swap_in(target, revision)
+        except LockTimeout as exc:
+            raise MapError(str(exc)) from None
+        except OSError as exc:
+            raise MapError(f"cannot write the map {target}: {exc.strerror or exc}"
+                           + (f" ({exc.filename})" if exc.filename and str(target) not in str(exc.filename) else ""))
+        self._known[str(target)] = revision
+        # from now on this object reads the saved files, and spilled rows are released
+        self._local = _GridFile(target / LOCAL_GRIDS, len(self), self.identity.local_shape) if len(self) else None
+        if self._spill is not None:
+            self._spill.close()
+            self._spill = None
+
+    def _check_unchanged(self, target: Path, replace: bool) -> None:
+        if replace or not is_map(target):
+            return
+        now = _revision(target)
+        if str(target) not in self._known:
+            raise MapError(f"refusing to replace the map {target}: this process did not open or write it (nothing "
+                           "was changed); to add to it open it first (build-map --append, the node's map_path), or "
+                           "choose a new path")
+        if self._known[str(target)] != now:
+            others = _field(json.loads((target / MANIFEST).read_text()), "num_places", int)
+            raise MapError(f"the map {target} was changed by another process since it was read here (it now has "
+                           f"{others} places, this copy {len(self)}): nothing was saved, to lose neither; save to "
+                           "a new path, or open the map again and add to that")
+
+    def _swap_in(self, target: Path, revision: str) -> None:
         tmp, lock = locked_tempdir(target.parent, f".{target.name}.tmp-")
         try:
-            self._write_files(tmp)
+            self._write_files(tmp, revision)
             if target.exists():
                 if not exchange(tmp, target):
                     old = target.with_name(f".{target.name}.old-{os.getpid()}")
@@ -351,7 +456,7 @@ class MapDatabase:
                     os.replace(tmp, target)
                     tmp = old
                 fsync_directory(target.parent)
-                shutil.rmtree(tmp, ignore_errors=True)
+                _remove_when_unread(tmp)
             else:
                 os.replace(tmp, target)
                 fsync_directory(target.parent)
@@ -360,14 +465,10 @@ class MapDatabase:
             raise
         finally:
             os.close(lock)
-        # from now on this object reads the saved files, and spilled rows are released
-        self._local = _GridFile(target / LOCAL_GRIDS, len(self), self.identity.local_shape) if len(self) else None
-        if self._spill is not None:
-            self._spill.close()
-            self._spill = None
 
-    def _write_files(self, tmp: Path) -> None:
-        faiss.write_index(self._index, str(tmp / GLOBAL_INDEX))
+    def _write_files(self, tmp: Path, revision: str) -> None:
+        with open(tmp / GLOBAL_INDEX, "wb") as handle:  # Python's I/O: a full disk is an OSError, named
+            handle.write(faiss.serialize_index(self._index).tobytes())
         # a new map: the spilled grids already are the file; otherwise copy old + new rows
         if self._local is None and self._spill is not None and self._spill.link_to(tmp / LOCAL_GRIDS):
             os.chmod(tmp / LOCAL_GRIDS, umask_mode())
@@ -376,10 +477,14 @@ class MapDatabase:
         with open(tmp / PLACES, "w", encoding="utf-8") as handle:
             for place in self.places:
                 handle.write(json.dumps(place.to_dict()) + "\n")
+        self.cells.sums.astype("<f8").tofile(tmp / CELL_SUMS)
         manifest = {"format": FORMAT, "version": VERSION, "model": self.identity.to_dict(),
-                    "num_places": len(self), "index": self.index_type, "build": self.build_info}
+                    "num_places": len(self), "index": self.index_type, "build": self.build_info, "revision": revision,
+                    "mask": _mask_record(self.mask_settings, self.mask)}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
-        for name in MAP_FILES:
+        picture = mask_picture(self.preview, self.mask)
+        cv2.imwrite(str(tmp / MASK_PICTURE), cv2.cvtColor(picture, cv2.COLOR_RGB2BGR))
+        for name in ALL_MAP_FILES:
             _fsync_file(tmp / name)
         fsync_directory(tmp)
 
@@ -391,24 +496,88 @@ class MapDatabase:
     @classmethod
     def open(cls, path: str | os.PathLike, expect: ModelIdentity | None = None) -> "MapDatabase":  # noqa: A003
         """Open a map read-only, checking every file against the manifest and the manifest
-        against ``expect``; any problem is a MapError naming the file and the field. Leftovers
-        of a writer that died beside this map are removed."""
+        against ``expect``; any problem is a MapError naming the file and the field.
+
+        All files are read from one directory (by its file descriptor, under a shared lock), so
+        a writer swapping in a new version meanwhile is never seen half-way: this reads the
+        version it found, whole, or (had it been replaced before the lock) the new one.
+        Leftovers of a writer that died beside this map are removed when no writer is at work.
+        """
         path = Path(path)
-        clean_leftovers(path.resolve())
-        manifest = read_manifest(path)
+        if (fd := try_writer_lock(path)) is not None:  # no writer at work: what lies beside it is debris
+            try:
+                clean_leftovers(path.resolve())
+            finally:
+                release_writer_lock(path, fd)
+        for _ in range(20):
+            with _reading(path) as root:
+                if root is not None:
+                    return cls._read(path, root, expect)
+        raise MapError(f"map {path} is being replaced again and again; try again")
+
+    @classmethod
+    def _read(cls, path: Path, root: Path, expect: ModelIdentity | None) -> "MapDatabase":
+        manifest = read_manifest(path, root)
         identity, num = manifest["identity"], manifest["num_places"]
         if expect is not None and identity != expect:
             raise MapError(_model_mismatch(path, identity, expect, manifest["build"]))
-        index = read_index(path, num, identity.global_dim)
+        index = read_index(path, num, identity.global_dim, root)
         expected_bytes = num * int(np.prod(identity.local_shape)) * 2
-        local_file = path / LOCAL_GRIDS
+        local_file = root / LOCAL_GRIDS
         actual = local_file.stat().st_size if local_file.is_file() else -1
         if actual != expected_bytes:
             raise MapError(f"map {path}: {LOCAL_GRIDS} has {max(actual, 0)} bytes, expected "
                            f"{expected_bytes} for {num} places (truncated or missing file)")
-        places = read_places(path, num)
+        places = read_places(path, num, root)
+        cells = read_cells(path, identity.local_shape, num, root)
         local = _GridFile(local_file, num, identity.local_shape) if num else None
-        return cls(identity, manifest["index"], places, manifest["build"], index, local)
+        database = cls(identity, manifest["index"], places, manifest["build"], index, local,
+                       mask_settings=manifest["mask"], _cells=cells)
+        database._known[str(path.resolve())] = manifest["revision"]
+        return database
+
+
+@contextlib.contextmanager
+def _reading(path: Path):
+    """The map directory as it is now, held: a path into it by its file descriptor (a writer
+    removes a replaced version only after its readers are done), or None when it was replaced
+    between opening and locking (read again)."""
+    if not (path / MANIFEST).is_file():
+        raise MapError(f"no map at {path}: {MANIFEST} is missing (build one with build-map)")
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError as exc:
+        raise MapError(f"cannot open the map {path}: {exc.strerror}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        root = Path(f"/proc/self/fd/{fd}")
+        if not root.is_dir():  # no /proc: read by name (a writer's swap may then be seen)
+            root = path
+        yield root if (root / MANIFEST).is_file() else None
+    finally:
+        os.close(fd)
+
+
+def _remove_when_unread(directory: Path) -> None:
+    """Delete a replaced map version once the readers that hold it have finished."""
+    try:
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        shutil.rmtree(directory, ignore_errors=True)
+    finally:
+        os.close(fd)
+
+
+def _revision(path: Path) -> str:
+    """The revision a map's manifest records ("" for maps written before revisions existed)."""
+    try:
+        value = json.loads((path / MANIFEST).read_text(encoding="utf-8")).get("revision")
+    except (OSError, ValueError, AttributeError):
+        return ""
+    return value if isinstance(value, str) else ""
 
 
 def _model_mismatch(path: Path, identity: ModelIdentity, expect: ModelIdentity, build: dict) -> str:
@@ -419,19 +588,20 @@ def _model_mismatch(path: Path, identity: ModelIdentity, expect: ModelIdentity, 
             f"rebuild the map or load the checkpoint it was built with ({built_with})")
 
 
-def read_manifest(path: Path) -> dict:
-    """The checked manifest: identity, num_places, index type and build info."""
-    file = path / MANIFEST
+def read_manifest(path: Path, root: Path | None = None) -> dict:
+    """The checked manifest: identity, num_places, index type, build info, mask settings, revision
+    (read from ``root``, the same directory by file descriptor, when given)."""
+    file = (root or path) / MANIFEST
     if not file.is_file():
         raise MapError(f"no map at {path}: {MANIFEST} is missing (build one with build-map)")
     try:
         manifest = json.loads(file.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise MapError(f"map manifest {file} is unreadable: {exc}") from exc
+        raise MapError(f"map manifest {path / MANIFEST} is unreadable: {exc}") from exc
     if not isinstance(manifest, dict):
-        raise MapError(f"map manifest {file} holds a {type(manifest).__name__}, not an object")
+        raise MapError(f"map manifest {path / MANIFEST} holds a {type(manifest).__name__}, not an object")
     if manifest.get("format") != FORMAT:
-        raise MapError(f"{path} is not a dhe_vpr_ros map ({file}: format {manifest.get('format')!r})")
+        raise MapError(f"{path} is not a dhe_vpr_ros map ({path / MANIFEST}: format {manifest.get('format')!r})")
     try:
         version = _field(manifest, "version", int)
         if version > VERSION:
@@ -445,14 +615,63 @@ def read_manifest(path: Path) -> dict:
         if index not in INDEX_TYPES:
             raise ValueError(f"field 'index' is {index!r}, not one of {', '.join(INDEX_TYPES)}")
         build = _field(manifest, "build", dict, optional=True) or {}
+        mask = _mask_settings(_field(manifest, "mask", dict, optional=True), identity.local_shape[1:])
+        revision = _field(manifest, "revision", str, optional=True) or ""
     except ValueError as exc:
-        raise MapError(f"map manifest {file}: {exc}") from None
-    return {"identity": identity, "num_places": num, "index": index, "build": build}
+        raise MapError(f"map manifest {path / MANIFEST}: {exc}") from None
+    return {"identity": identity, "num_places": num, "index": index, "build": build, "mask": mask,
+            "revision": revision}
 
 
-def read_index(path: Path, num: int, dim: int):
+def _mask_record(settings: MaskSettings, mask: CellMask) -> dict:
+    """The manifest's ``mask`` field: how the mask is made, and (for people) what it is now."""
+    return {"threshold": settings.threshold, "roi": list(settings.roi), "user_file": settings.user_file,
+            "user_masked_cells": np.flatnonzero(mask.user.reshape(-1)).tolist(),
+            "static_cells": None if mask.static is None else np.flatnonzero(mask.static.reshape(-1)).tolist(),
+            "summary": mask.summary()}
+
+
+def _mask_settings(record: dict | None, grid: tuple[int, int]) -> MaskSettings:
+    """MaskSettings from the manifest (defaults for an older map without the field)."""
+    if record is None:
+        return MaskSettings()
+    threshold = _field(record, "threshold", (int, float))
+    roi = _numbers(record, "roi", 4) or (0.0, 0.0, 0.0, 0.0)
+    cells = _field(record, "user_masked_cells", list, optional=True) or []
+    size = grid[0] * grid[1]
+    if any(isinstance(c, bool) or not isinstance(c, int) or not 0 <= c < size for c in cells):
+        raise ValueError(f"field 'user_masked_cells' must list cell indices from 0 to {size - 1}")
+    usable = None
+    if cells:
+        usable = np.ones(size, bool)
+        usable[cells] = False
+        usable = usable.reshape(grid)
+    try:
+        return MaskSettings(float(threshold), usable, tuple(float(v) for v in roi),
+                            _field(record, "user_file", str, optional=True))
+    except MaskError as exc:
+        raise ValueError(f"field 'mask': {exc}") from None
+
+
+def read_cells(path: Path, local_shape: tuple[int, int, int], num: int,
+               root: Path | None = None) -> CellStatistics | None:
+    """The stored cell sums, checked; None for an older map without them."""
+    file = (root or path) / CELL_SUMS
+    if not file.is_file():
+        return None
+    expected = int(np.prod(local_shape)) * 8
+    if file.stat().st_size != expected:
+        raise MapError(f"map {path}: {CELL_SUMS} has {file.stat().st_size} bytes, expected {expected} "
+                       "(truncated or from another map)")
+    sums = np.fromfile(file, dtype="<f8").reshape(local_shape)
+    if not np.isfinite(sums).all():
+        raise MapError(f"map {path}: {CELL_SUMS} holds values that are not finite; rebuild the map")
+    return CellStatistics(sums.astype(np.float64), num)
+
+
+def read_index(path: Path, num: int, dim: int, root: Path | None = None):
     """The FAISS index, checked against the manifest before and after reading, its vectors finite."""
-    file = path / GLOBAL_INDEX
+    file = (root or path) / GLOBAL_INDEX
     if not file.is_file():
         raise MapError(f"map {path} is missing its global index {GLOBAL_INDEX}")
     vectors_bytes = num * dim * 4
@@ -478,14 +697,14 @@ def read_index(path: Path, num: int, dim: int):
     return index
 
 
-def read_places(path: Path, num: int) -> list[Place]:
-    file = path / PLACES
+def read_places(path: Path, num: int, root: Path | None = None) -> list[Place]:
+    file = (root or path) / PLACES
     try:
         lines = file.read_text(encoding="utf-8").splitlines()
     except FileNotFoundError:
         raise MapError(f"map {path}: place metadata {PLACES} is missing") from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise MapError(f"map {path}: {file} is unreadable ({exc})") from None
+        raise MapError(f"map {path}: {path / PLACES} is unreadable ({exc})") from None
     places = []
     for number, line in enumerate((ln for ln in lines if ln.strip()), 1):
         try:
@@ -522,7 +741,7 @@ def check_replaceable(target: Path) -> None:
         kind = "directory" if target.is_dir() else "file"
         raise MapError(f"refusing to write a map to {target}: it is an existing {kind} that is not a "
                        "dhe_vpr_ros map; choose a new path (nothing was changed)")
-    foreign = sorted(p.name for p in target.iterdir() if p.name not in MAP_FILES)
+    foreign = sorted(p.name for p in target.iterdir() if p.name not in ALL_MAP_FILES)
     if foreign:
         raise MapError(f"refusing to replace the map {target}: it also holds files that are not part "
                        f"of a map ({', '.join(foreign[:5])}); move them or choose a new path")

@@ -53,11 +53,14 @@ def _flatten(features: torch.Tensor) -> torch.Tensor:
     return features.flatten(-2)
 
 
-def mutual_nearest_neighbours(query: torch.Tensor, candidates: torch.Tensor) -> Matches:
+def mutual_nearest_neighbours(query: torch.Tensor, candidates: torch.Tensor,
+                              usable: torch.Tensor | None = None) -> Matches:
     """Mutual NN between a query grid and K candidate grids in one pass.
 
     query: (C, H, W) shared by all candidates, or (K, C, H, W) one per candidate.
-    candidates: (K, C, H', W').
+    candidates: (K, C, H', W'). usable: (H*W,) bool, the grid cells that may take part (same
+    grid for query and candidates; None: all): a masked cell neither matches nor is matched,
+    so it adds nothing to any score and changes no match between usable cells.
     Returns Matches with (K, H*W) tensors. Cost: one (K, N, M) similarity tensor.
     """
     q = _flatten(query)
@@ -66,11 +69,17 @@ def mutual_nearest_neighbours(query: torch.Tensor, candidates: torch.Tensor) -> 
         q = q.unsqueeze(0)
     # (K or 1, N, C) @ (K, C, M) -> (K, N, M)
     similarity = torch.matmul(q.transpose(-1, -2), c)
+    if usable is not None:
+        masked = ~usable.to(similarity.device)
+        similarity = similarity.masked_fill(masked[None, :, None] | masked[None, None, :], float("-inf"))
     best_in_candidate = similarity.argmax(dim=-1)  # (K, N)
     best_in_query = similarity.argmax(dim=-2)  # (K, M)
     back = best_in_query.gather(-1, best_in_candidate)  # (K, N)
     positions = torch.arange(similarity.shape[-2], device=similarity.device)
-    return Matches(partner=best_in_candidate, valid=back == positions)
+    valid = back == positions
+    if usable is not None:
+        valid = valid & ~masked[None, :] & ~masked[best_in_candidate]
+    return Matches(partner=best_in_candidate, valid=valid)
 
 
 def reprojection_errors(homographies: torch.Tensor, query_keypoints: torch.Tensor,

@@ -46,9 +46,12 @@ from .node_params import LIVE, PARAMETERS, ParameterProblem, check_live, check_s
 
 __all__ = ["MATCH_LAYOUT", "PARAMETERS", "VprNode", "main"]
 
-# ~/match: the 14 values the issue lists, then 3 that make the homography usable on its own
+# ~/match: the 14 values the issue lists, 3 that make the homography usable on its own, then the
+# sequence verification of the frame (appended; the first 17 never move)
 MATCH_LAYOUT = ("query_stamp_sec,place_id,score,global_similarity,map_stamp_sec,h00,h01,h02,h10,h11,h12,"
-                "h20,h21,h22,map_image_width,map_image_height,latency_ms")
+                "h20,h21,h22,map_image_width,map_image_height,latency_ms,"
+                "verified,sequence_place_id,sequence_score,sequence_agreeing,distinctiveness")
+MATCH_SIZE = MATCH_LAYOUT.count(",") + 1
 RESULTS_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)  # every output but debug
 DEBUG_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE)  # large: keep one
 
@@ -163,9 +166,23 @@ class VprNode(LifecycleNode):
             f"configured: {len(self.recognizer)} map places, backbone {loc.model.backbone.name}, "
             f"re-ranker {p['reranker']}, device {loc.device}, topics {list(p['image_topics'])}")
 
+    def _camera_topics(self) -> list[str]:
+        """image_topics without repeats (after name resolution: ``image`` and ``/image`` are one
+        topic at the root), so that one frame gives one match; repeats are warned about."""
+        topics, seen = [], set()
+        for topic in self.p["image_topics"]:
+            resolved = self.resolve_topic_name(topic)
+            if resolved in seen:
+                self.get_logger().warning(f"image_topics lists {resolved} more than once ({topic!r}): subscribing "
+                                          "once")
+                continue
+            seen.add(resolved)
+            topics.append(topic)
+        return topics
+
     def on_activate(self, state: State) -> TransitionCallbackReturn:
         qos = image_qos(self.p["image_qos_reliability"])
-        for topic in self.p["image_topics"]:
+        for topic in self._camera_topics():
             kind = CompressedImage if topic.rstrip("/").endswith("/compressed") else Image
             self._subscriptions_live.append(
                 self.create_subscription(kind, topic, lambda msg, t=topic: self.slots.put(msg, t), qos))
@@ -237,7 +254,7 @@ class VprNode(LifecycleNode):
         while (item := slots.take()) is not None:
             self._respect_max_rate()
             try:
-                image = check_usable(to_rgb(item.msg))
+                image = check_usable(to_rgb(item.msg, self.p["max_image_pixels"]))
             except ImageConversionError as exc:
                 self.stats.bad += 1
                 self._note_error(f"{item.source}: {exc}", DiagnosticStatus.WARN)
@@ -283,10 +300,13 @@ class VprNode(LifecycleNode):
         q_sec = stamp_sec(header.stamp)
         map_sec = best.place.timestamp_ns / 1e9 if best.place.timestamp_ns is not None else math.nan
         map_w, map_h = best.place.image_size or (math.nan, math.nan)
+        verdict = recognition.verdict
         match = Float64MultiArray()
-        match.layout.dim = _dims((MATCH_LAYOUT, 17))
+        match.layout.dim = _dims((MATCH_LAYOUT, MATCH_SIZE))
         match.data = [q_sec, float(best.place_id), best.score, best.global_similarity, map_sec,
-                      *[float(v) for v in best.homography.reshape(-1)], float(map_w), float(map_h), latency_ms]
+                      *[float(v) for v in best.homography.reshape(-1)], float(map_w), float(map_h), latency_ms,
+                      float(recognition.accepted), float(verdict.place_id), verdict.score, float(verdict.agreeing),
+                      verdict.distinctiveness]
         self.pub_match.publish(match)
         top = Float64MultiArray()
         top.layout.dim = _dims(("candidates", len(result.candidates)),
@@ -296,21 +316,21 @@ class VprNode(LifecycleNode):
                               c.place.timestamp_ns / 1e9 if c.place.timestamp_ns is not None else math.nan)]
         self.pub_top_k.publish(top)
         if recognition.pose is not None:
-            self.pub_pose.publish(self._pose_msg(recognition.pose, header))
+            self.pub_pose.publish(self._pose_msg(recognition.pose, header, recognition.pose_variance_scale))
         if recognition.loop_closure is not None:
             self.pub_loop.publish(Float64MultiArray(data=list(recognition.loop_closure)))  # what LIO-SAM reads
         if self.p["publish_debug_image"]:
             picture = draw_match(image, best, result.inliers)
             self.pub_debug.publish(Image(header=header, **rgb_to_fields(picture, "rgb8")))
 
-    def _pose_msg(self, pose, header) -> PoseWithCovarianceStamped:
+    def _pose_msg(self, pose, header, variance_scale: float) -> PoseWithCovarianceStamped:
         msg = PoseWithCovarianceStamped()
         msg.header.stamp = header.stamp
         msg.header.frame_id = pose.frame_id or "map"
         p, o = msg.pose.pose.position, msg.pose.pose.orientation
         p.x, p.y, p.z = (float(v) for v in pose.position)
         o.x, o.y, o.z, o.w = (float(v) for v in pose.orientation)
-        var = float(self.p["matched_pose_variance"])
+        var = float(self.p["matched_pose_variance"]) * variance_scale
         msg.pose.covariance = [var if i % 7 == 0 else 0.0 for i in range(36)]
         return msg
 
@@ -390,7 +410,14 @@ def main(args: list[str] | None = None) -> int:
     """Run the node until SIGINT / SIGTERM; exit 0, or 1 when it cannot start or the map
     could not be saved on shutdown. Signals are handled here, not by rclpy, so that shutdown
     (and the map save) runs while ROS is still up and nothing ends in a traceback."""
-    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+    try:
+        rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+    except Exception as exc:  # e.g. `-p map_path:=` (an override without a value): rcl cannot parse it
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        rclpy.logging.get_logger("vpr_node").fatal(f"cannot start: the command-line ROS arguments are invalid "
+                                                   f"({reason.split(', at ')[0]}); give a value after ':=', e.g. "
+                                                   "-p map_path:=/data/map")
+        return 1
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())

@@ -12,10 +12,16 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
-from .rerank import DEFAULT_REFINE_ROUNDS, RERANKERS
+from .image_conversion import MAX_PIXELS
+from .mapdb import is_map
+from .recognizer import AUTO, CALIBRATED_MIN_SCORE, LoopPolicy
+from .rerank import DEFAULT_REFINE_ROUNDS, MAX_REFINE_ROUNDS, RERANKERS
+from .sequence import SequenceSettings
 
-__all__ = ["LIVE", "PARAMETERS", "ParamSpec", "ParameterProblem", "check_live", "check_startup", "descriptor"]
+__all__ = ["LIVE", "PARAMETERS", "ParamSpec", "ParameterProblem", "check_live", "check_startup", "config_yaml",
+           "descriptor"]
 
 
 class ParameterProblem(ValueError):
@@ -30,6 +36,9 @@ class ParamSpec:
     bounds: tuple | None = None  # (low, high) inclusive, for numbers
 
 
+_POLICY = LoopPolicy()  # the policy's defaults are the node's
+_LIMITS = SequenceSettings.LIMITS
+
 PARAMETERS: dict[str, ParamSpec] = {
     "autostart": ParamSpec(True, "configure and activate at start; false: wait for a lifecycle manager"),
     "map_path": ParamSpec("", "map directory from build-map; empty: start with an empty map (needs add_keyframes)"),
@@ -38,23 +47,48 @@ PARAMETERS: dict[str, ParamSpec] = {
     "device": ParamSpec("cpu", "cpu, cuda or cuda:N; cuda without a GPU falls back to cpu with a warning"),
     "image_topics": ParamSpec(["image"], "camera topics; a name ending in /compressed is a CompressedImage topic"),
     "image_qos_reliability": ParamSpec("best_effort", "best_effort (sensor data QoS) or reliable, for the images"),
+    "max_image_pixels": ParamSpec(MAX_PIXELS, "larger frames are bad messages, refused before they are decoded "
+                                              "(a compressed frame's size is read from its header)", True,
+                                  (1024, 1_000_000_000)),
     "top_k": ParamSpec(16, "candidates retrieved by global descriptor and re-ranked", True, (1, 1000)),
     "reranker": ParamSpec("dhe", " | ".join(RERANKERS), True),
     "refine_rounds": ParamSpec(DEFAULT_REFINE_ROUNDS, "dhe: rounds of refitting the homography to its inlier "
-                                                      "matches (0: the regressed homography)", True, (0, 20)),
-    "min_score": ParamSpec(20.0, "minimum re-ranking score (inlier matches) for loop_closure and matched_pose",
-                           True, (0.0, 1e6)),
-    "min_time_gap_sec": ParamSpec(30.0, "ignore map places closer in time than this to the query", True, (0.0, 1e9)),
+                                                      "matches (0: the regressed homography)", True,
+                               (0, MAX_REFINE_ROUNDS)),
+    "min_score": ParamSpec(AUTO, "sequence score a loop closure (and matched_pose) needs; -1: the calibrated "
+                                 "default of the active re-ranker (" + ", ".join(
+                                     f"{k} {v:g}" for k, v in CALIBRATED_MIN_SCORE.items()) + ")",
+                           True, (AUTO, 1e6)),
+    "sequence_length": ParamSpec(_POLICY.sequence_length, "frames whose matches must agree before a loop closure "
+                                 "(the current one included; 1: single-frame score only)", True,
+                                 _LIMITS["length"]),
+    "sequence_tolerance": ParamSpec(_POLICY.sequence_tolerance, "places a frame's match may lie off the "
+                                    "sequence's line and still support it", True, _LIMITS["tolerance"]),
+    "sequence_max_speed": ParamSpec(_POLICY.sequence_max_speed, "fastest the robot may move along the map, in "
+                                    "places per processed frame, either direction (0: standing still only)", True,
+                                    _LIMITS["max_speed"]),
+    "sequence_min_agreeing": ParamSpec(_POLICY.sequence_min_agreeing, "frames of the window whose first-ranked "
+                                       "place must lie on the sequence's line", True, _LIMITS["min_agreeing"]),
+    "min_distinctiveness": ParamSpec(_POLICY.min_distinctiveness, "the verified place's sequence score over the "
+                                     "best one outside its neighbourhood (1: off; near 1 is aliasing)", True,
+                                     _LIMITS["min_distinctiveness"]),
+    "distinctiveness_neighbourhood": ParamSpec(_POLICY.distinctiveness_neighbourhood, "places on either side of "
+                                               "the verified one that are not its rivals", True,
+                                               _LIMITS["neighbourhood"]),
+    "min_time_gap_sec": ParamSpec(_POLICY.min_time_gap_sec, "ignore map places closer in time than this to the "
+                                                            "query", True, (0.0, 1e9)),
     "publish_debug_image": ParamSpec(False, "publish ~/debug_image (query beside match, inliers, outline)", True),
     "max_rate_hz": ParamSpec(0.0, "process at most this many frames per second (0: as fast as possible)",
                              True, (0.0, 1000.0)),
-    "add_keyframes": ParamSpec(False, "grow the map online with processed frames (loop closure within a run)", True),
-    "keyframe_min_interval_sec": ParamSpec(1.0, "minimum stamp interval between inserted keyframes", True,
-                                           (0.0, 1e6)),
-    "max_places": ParamSpec(100000, "stop inserting keyframes beyond this many places (bounds memory)", False,
-                            (1, 100_000_000)),
+    "add_keyframes": ParamSpec(_POLICY.add_keyframes, "grow the map online with processed frames (loop closure "
+                                                      "within a run)", True),
+    "keyframe_min_interval_sec": ParamSpec(_POLICY.keyframe_min_interval_sec, "minimum stamp interval between "
+                                                                              "inserted keyframes", True, (0.0, 1e6)),
+    "max_places": ParamSpec(_POLICY.max_places, "stop inserting keyframes beyond this many places (bounds memory)",
+                            False, (1, 100_000_000)),
     "save_map_path": ParamSpec("", "write the (grown) map here on shutdown and on ~/save_map", True),
-    "matched_pose_variance": ParamSpec(1.0, "diagonal of ~/matched_pose covariance (m^2, rad^2)", False,
+    "matched_pose_variance": ParamSpec(1.0, "diagonal of ~/matched_pose covariance (m^2, rad^2) for the "
+                                            "strongest evidence; it grows as the score and agreement fall", False,
                                        (0.0, 1e6)),
     "diagnostics_period_sec": ParamSpec(1.0, "period of /diagnostics", False, (0.05, 3600.0)),
 }
@@ -90,6 +124,10 @@ def check_live(p: dict) -> None:
         raise ParameterProblem(f"reranker {p['reranker']!r} is not one of {', '.join(RERANKERS)}")
     for name in LIVE:
         _in_range(name, p[name])
+    try:
+        LoopPolicy.from_mapping(p)
+    except ValueError as exc:  # what the ranges cannot say (min_score between -1 and 0, agreeing > length)
+        raise ParameterProblem(str(exc)) from None
     if p["save_map_path"] and os.path.exists(p["save_map_path"]) and not os.path.isdir(p["save_map_path"]):
         raise ParameterProblem(f"save_map_path {p['save_map_path']!r} is an existing file, not a map directory")
 
@@ -112,3 +150,36 @@ def check_startup(p: dict) -> None:
     if p["map_path"] and not os.path.isdir(p["map_path"]):
         raise ParameterProblem(f"map_path {p['map_path']!r} does not exist (build one with "
                                "`ros2 run dhe_vpr_ros build_map`)")
+    save, source = p["save_map_path"], p["map_path"]
+    if save and is_map(Path(save)) and (not source or os.path.realpath(save) != os.path.realpath(source)):
+        raise ParameterProblem(f"save_map_path {save!r} holds a map this node would not open (map_path is "
+                               f"{source!r}): saving would replace it; set map_path to it to grow that map, or "
+                               "choose a new save_map_path")
+
+
+CONFIG_HEADER = """# dhe_vpr_ros node parameters, every one with its default.
+# Use: ros2 launch dhe_vpr_ros vpr.launch.py map_path:=/path/to/map
+#  or: ros2 run dhe_vpr_ros vpr_node --ros-args --params-file config/vpr.yaml
+# "/**" applies to the node under any name or namespace. (live): may be changed while the node
+# runs (ros2 param set); the others are read-only once the node has started.
+/**:
+  ros__parameters:
+"""
+
+
+def config_yaml() -> str:
+    """``config/vpr.yaml``: every parameter with its default, range and description
+    (``python -m dhe_vpr_ros.node_params > config/vpr.yaml``; a test keeps the file equal)."""
+    import json
+    lines = [CONFIG_HEADER.rstrip("\n")]
+    for name, spec in PARAMETERS.items():
+        notes = f" [{spec.bounds[0]:g} .. {spec.bounds[1]:g}]" if spec.bounds else ""
+        lines.append(f"    # {spec.description}{notes}{' (live)' if spec.live else ''}")
+        value = json.dumps(spec.default) if not isinstance(spec.default, bool) else str(spec.default).lower()
+        lines.append(f"    {name}: {value}")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    import sys
+    sys.stdout.write(config_yaml())

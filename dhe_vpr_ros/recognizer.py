@@ -3,7 +3,9 @@
 """Loop-closure policy, without ROS: what the node does with each frame, testable without DDS.
 
 ``PlaceRecognizer`` wraps a ``Localizer``: it excludes places too recent to count as a loop
-(``min_time_gap_sec``), gates results by score (``min_score``), grows the map with keyframes
+(``min_time_gap_sec``), verifies loop closures over the recent frames (``SequenceVerifier``:
+the frames must agree on where the robot is, the place must stand out from look-alikes far
+away, and the sequence score must reach ``min_score``), grows the map with keyframes
 (``add_keyframes``, ``keyframe_min_interval_sec``, ``max_places``) and saves the grown map. The
 node only converts messages, calls ``recognize`` and publishes the ``Recognition``.
 
@@ -13,6 +15,7 @@ on the newest frame of each camera and older frames are dropped and counted, nev
 from __future__ import annotations
 
 import math
+import re
 import threading
 import time
 from collections import deque
@@ -20,45 +23,98 @@ from dataclasses import dataclass, field, fields, replace
 
 import numpy as np
 
-from .localizer import Localizer, QueryResult
+from .localizer import Candidate, Localizer, QueryResult
 from .mapdb import Place, Pose
+from .sequence import SequenceSettings, SequenceVerifier, Verdict
 
-__all__ = ["FrameSlots", "LoopPolicy", "PlaceRecognizer", "Recognition"]
+__all__ = ["AUTO", "CALIBRATED_MIN_SCORE", "FrameSlots", "LoopPolicy", "PlaceRecognizer", "Recognition",
+           "pose_variance_scale"]
+
+AUTO = -1.0  # min_score: the calibrated threshold of the active re-ranker
+# The sequence score each re-ranker must reach for a loop closure with the default sequence
+# settings: chosen by `calibrate` for 100 % precision on the real sequences (README "Loop
+# closures you can trust"). Scores are inlier counts (dhe, ransac, magsac) or a cosine (none).
+CALIBRATED_MIN_SCORE = {"dhe": 60.0, "ransac": 30.0, "magsac": 30.0, "none": 0.6}
+_SEQUENCE_FIELDS = {"sequence_length": "length", "sequence_tolerance": "tolerance",
+                    "sequence_max_speed": "max_speed", "sequence_min_agreeing": "min_agreeing",
+                    "min_distinctiveness": "min_distinctiveness",
+                    "distinctiveness_neighbourhood": "neighbourhood"}
 
 
 @dataclass(frozen=True)
 class LoopPolicy:
     """The settings the node can change live (validated here, so the node and tests agree)."""
 
-    min_score: float = 20.0
+    min_score: float = AUTO
     min_time_gap_sec: float = 30.0
     add_keyframes: bool = False
     keyframe_min_interval_sec: float = 1.0
     max_places: int = 100000
+    sequence_length: int = SequenceSettings.length
+    sequence_tolerance: int = SequenceSettings.tolerance
+    sequence_max_speed: float = SequenceSettings.max_speed
+    sequence_min_agreeing: int = SequenceSettings.min_agreeing
+    min_distinctiveness: float = SequenceSettings.min_distinctiveness
+    distinctiveness_neighbourhood: int = SequenceSettings.neighbourhood
 
     def __post_init__(self):
-        for name in ("min_score", "min_time_gap_sec", "keyframe_min_interval_sec"):
+        for name in ("min_time_gap_sec", "keyframe_min_interval_sec"):
             value = getattr(self, name)
             if not math.isfinite(value) or value < 0:
                 raise ValueError(f"{name} must be a finite number >= 0, not {value}")
+        if not math.isfinite(self.min_score) or self.min_score < 0 and self.min_score != AUTO:
+            raise ValueError(f"min_score must be -1 (the calibrated default of the re-ranker) or a finite "
+                             f"number >= 0, not {self.min_score}")
         if self.max_places < 1:
             raise ValueError(f"max_places must be at least 1, not {self.max_places}")
+        try:
+            self.sequence()
+        except ValueError as exc:  # name the policy's field, not the settings'
+            message = str(exc)
+            for name, short in _SEQUENCE_FIELDS.items():
+                message = re.sub(rf"\b{short}\b", name, message)
+            raise ValueError(message) from None
 
     @classmethod
     def from_mapping(cls, values: dict) -> "LoopPolicy":
         return cls(**{f.name: values[f.name] for f in fields(cls) if f.name in values})
 
+    def sequence(self) -> SequenceSettings:
+        return SequenceSettings(**{short: getattr(self, name) for name, short in _SEQUENCE_FIELDS.items()})
+
+    def threshold(self, reranker: str) -> float:
+        """The score a loop closure needs under ``reranker`` (the calibrated one for AUTO)."""
+        return CALIBRATED_MIN_SCORE[reranker] if self.min_score == AUTO else self.min_score
+
+    def verifies(self, verdict: Verdict, reranker: str) -> bool:
+        return verdict.passes(self.sequence(), self.threshold(reranker))
+
+
+def pose_variance_scale(verdict: Verdict, threshold: float, length: int) -> float:
+    """How much the matched pose's variance grows with weaker evidence: 1 for a sequence score
+    of twice the threshold or more with every frame of the window agreeing, growing with the
+    square of the score's shortfall and with the share of frames that do not agree:
+    ``(2 threshold / min(score, 2 threshold))^2 * length / max(agreeing, 1)``."""
+    full = 2.0 * threshold
+    score_term = (full / min(verdict.score, full)) ** 2 if full > 0 and verdict.score > 0 else 1.0
+    return float(score_term * length / max(verdict.agreeing, 1))
+
 
 @dataclass
 class Recognition:
-    """What one frame gave. ``accepted``: the best match passed ``min_score``; ``loop_closure``
-    (query, map stamps in seconds) and ``pose`` are set only for an accepted match that has them."""
+    """What one frame gave. ``verdict``: the sequence verifier's best hypothesis; ``accepted``:
+    it was verified (``verified``: the candidate it names, usually the best one);
+    ``loop_closure`` (query, map stamps in seconds) and ``pose`` are set only for a verified
+    place that has them, ``pose_variance_scale`` says how much to widen the pose's covariance."""
 
     result: QueryResult
     stamp_ns: int
+    verdict: Verdict | None = None
     accepted: bool = False
+    verified: Candidate | None = None
     loop_closure: tuple[float, float] | None = None
     pose: Pose | None = None
+    pose_variance_scale: float = 1.0
     keyframe_id: int | None = None
 
     @property
@@ -72,6 +128,7 @@ class PlaceRecognizer:
     def __init__(self, localizer: Localizer, policy: LoopPolicy = LoopPolicy()):
         self.localizer = localizer
         self.policy = policy
+        self.verifier = SequenceVerifier(policy.sequence())
         self._lock = threading.Lock()
         self._stamps = localizer.database.timestamps_ns()
         self._last_keyframe_ns: int | None = None
@@ -90,8 +147,12 @@ class PlaceRecognizer:
         policy = replace(self.policy, **{k: v for k, v in changes.items() if k in policy_fields})
         ranking = {k: v for k, v in changes.items() if k in self.RANKING}
         with self._lock:
+            reranker = self.localizer.default_reranker
             self.localizer.configure(**ranking)
             self.policy = policy
+            self.verifier.configure(policy.sequence())
+            if self.localizer.default_reranker != reranker:  # the past frames' scores are on another scale
+                self.verifier.reset()
 
     def excluded_ids(self, stamp_ns: int) -> np.ndarray | None:
         """Places stamped within ``min_time_gap_sec`` of the query: the same run, too recent
@@ -115,14 +176,19 @@ class PlaceRecognizer:
         return out
 
     def _judge(self, result: QueryResult, stamp_ns: int) -> Recognition:
-        out = Recognition(result, stamp_ns)
-        best = result.best
-        if best is None or not math.isfinite(best.score) or best.score < self.policy.min_score:
+        """Feed the frame's candidates to the sequence verifier; a verified place closes the loop."""
+        reranker = self.localizer.default_reranker
+        candidates = result.candidates
+        verdict = self.verifier.observe([c.place_id for c in candidates], [c.score for c in candidates])
+        out = Recognition(result, stamp_ns, verdict)
+        if not self.policy.verifies(verdict, reranker):
             return out
-        out.accepted = True
-        out.pose = best.place.pose
-        if best.place.timestamp_ns is not None:
-            out.loop_closure = (stamp_ns / 1e9, best.place.timestamp_ns / 1e9)
+        place = candidates[verdict.candidate]
+        out.accepted, out.verified, out.pose = True, place, place.place.pose
+        out.pose_variance_scale = pose_variance_scale(verdict, self.policy.threshold(reranker),
+                                                      self.policy.sequence_length)
+        if place.place.timestamp_ns is not None:
+            out.loop_closure = (stamp_ns / 1e9, place.place.timestamp_ns / 1e9)
         return out
 
     def _maybe_add_keyframe(self, local, global_, size, source: str, stamp_ns: int) -> int | None:

@@ -15,7 +15,8 @@ import torch
 from .matching import Matches, count_inliers, grid_keypoints, mutual_nearest_neighbours, robust_homographies
 from .refine import refine_from_starts, shift_hypotheses
 
-__all__ = ["DEFAULT_REFINE_ROUNDS", "MIN_VERIFIED_INLIERS", "RERANKERS", "RerankResult", "Reranker",
+__all__ = ["DEFAULT_REFINE_ROUNDS", "MAX_REFINE_ROUNDS", "MIN_VERIFIED_INLIERS", "RERANKERS", "RerankResult",
+           "Reranker",
            "make_reranker"]
 
 RERANKERS = ("dhe", "ransac", "magsac", "none")
@@ -24,6 +25,7 @@ RERANKERS = ("dhe", "ransac", "magsac", "none")
 # benchmarks/recall_real.py: see README "Measured" (a 4- or 6-patch first window gained recall on
 # low-resolution crops but lost accuracy on synthetic views).
 DEFAULT_REFINE_ROUNDS = 4
+MAX_REFINE_ROUNDS = 20  # the gain stops after 3 to 4; more only costs time
 REFINE_START_PATCHES = 3.0
 REFINE_END_PATCHES = 1.5
 # A DHE score below this (mutual-NN inliers) is no geometric evidence: wrong places reach 15-27
@@ -56,10 +58,13 @@ def _verified_order(scores: torch.Tensor, min_inliers: float) -> torch.Tensor:
 
 
 class Reranker:
+    """``usable``: (H*W,) bool grid cells that may vote (the map's static-cell and user mask), or None."""
+
     name = "base"
 
     def __call__(self, query_local: torch.Tensor, candidate_local: torch.Tensor,
-                 global_similarity: torch.Tensor) -> RerankResult:  # pragma: no cover - abstract
+                 global_similarity: torch.Tensor, usable: torch.Tensor | None = None
+                 ) -> RerankResult:  # pragma: no cover - abstract
         raise NotImplementedError
 
 
@@ -68,7 +73,7 @@ class NoReranker(Reranker):
 
     name = "none"
 
-    def __call__(self, query_local, candidate_local, global_similarity):
+    def __call__(self, query_local, candidate_local, global_similarity, usable=None):
         k = candidate_local.shape[0]
         eye = torch.eye(3, device=candidate_local.device).expand(k, 3, 3).clone()
         return RerankResult(global_similarity, _order(global_similarity), eye)
@@ -79,10 +84,10 @@ class _PatchMatchingReranker(Reranker):
         self.stride = stride
         self.threshold_px = threshold_patches * stride
 
-    def _setup(self, query_local, candidate_local):
+    def _setup(self, query_local, candidate_local, usable):
         h, w = query_local.shape[-2:]
         kps = grid_keypoints(h, w, self.stride, device=query_local.device)
-        matches = mutual_nearest_neighbours(query_local, candidate_local)
+        matches = mutual_nearest_neighbours(query_local, candidate_local, usable)
         return kps, matches
 
 
@@ -127,8 +132,8 @@ class DHEReranker(_PatchMatchingReranker):
                                   self.refine_start_px, self.refine_end_px, self.refine_end_px)
 
     @torch.no_grad()
-    def __call__(self, query_local, candidate_local, global_similarity):
-        kps, matches = self._setup(query_local, candidate_local)
+    def __call__(self, query_local, candidate_local, global_similarity, usable=None):
+        kps, matches = self._setup(query_local, candidate_local, usable)
         homographies = self.refine(self.model.homographies(query_local, candidate_local,
                                                            self.chunk_for(candidate_local.device)), kps, matches)
         scores = count_inliers(homographies, kps, kps, matches, self.threshold_px)
@@ -144,8 +149,8 @@ class RansacReranker(_PatchMatchingReranker):
         self.name = method
 
     @torch.no_grad()
-    def __call__(self, query_local, candidate_local, global_similarity):
-        kps, matches = self._setup(query_local, candidate_local)
+    def __call__(self, query_local, candidate_local, global_similarity, usable=None):
+        kps, matches = self._setup(query_local, candidate_local, usable)
         homographies, inliers = robust_homographies(kps, kps, matches, self.threshold_px, self.method)
         device = candidate_local.device
         scores = torch.from_numpy(inliers).to(device)

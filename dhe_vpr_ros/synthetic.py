@@ -59,3 +59,37 @@ def warped_feature_grids(homographies: torch.Tensor, grid: int = 24, stride: int
         cands.append(torch.where(inside[k], seen, unseen))
     candidates = torch.stack(cands).view(-1, dim, grid, grid)
     return F.normalize(query.view(dim, grid, grid), dim=0), F.normalize(candidates, dim=1)
+
+
+OVERLAYS = ("ring", "hood", "timestamp")
+
+
+def camera_overlay(image, kinds=OVERLAYS):
+    """What a robot's camera sees of itself in every frame, drawn onto an RGB uint8 image: the
+    black ring of a fisheye lens (``ring``), a car's hood over the bottom fifth (``hood``, a
+    fixed texture) and a burnt-in timestamp box (``timestamp``, always the same text). The same
+    for every frame of a given size, as on a real robot."""
+    import cv2
+    import numpy as np
+
+    unknown = set(kinds) - set(OVERLAYS)
+    if unknown:
+        raise ValueError(f"unknown overlay {sorted(unknown)}; choose from {', '.join(OVERLAYS)}")
+    out = np.ascontiguousarray(image).copy()
+    h, w = out.shape[:2]
+    if "hood" in kinds:
+        rng = np.random.default_rng(7)  # fixed: the hood looks the same in every frame
+        band = h - h * 4 // 5
+        texture = cv2.resize(rng.integers(40, 200, (max(band // 4, 2), max(w // 8, 2), 3)).astype(np.uint8),
+                             (w, band), interpolation=cv2.INTER_LINEAR)
+        out[h - band:] = texture
+    if "ring" in kinds:
+        ring = np.zeros((h, w), np.uint8)
+        cv2.ellipse(ring, (w // 2, h // 2), (w // 2, h // 2), 0, 0, 360, 255, -1)
+        out[ring == 0] = 0
+    if "timestamp" in kinds:
+        x1, y1 = max(w // 3, 12), max(h // 10, 6)
+        out[1:1 + y1, 1:1 + x1] = 0  # drawn last, on top, as cameras burn it in
+        cv2.putText(out, "2026-12-03 10:00", (2, y1 - 1), cv2.FONT_HERSHEY_PLAIN, y1 / 14, (255, 255, 255), 1,
+                    cv2.LINE_AA)
+    return out

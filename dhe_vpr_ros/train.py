@@ -47,6 +47,7 @@ from .models import BACKBONES, VPRModel, build_model, load_checkpoint, save_chec
 from .rerank import make_reranker
 from .runtime import resolve_device
 from .training_data import GeoPairs, WarpedPairs, load_square, negatives_pool, sample_rng
+from .arguments import count, number
 from .views import ViewRecipe
 
 log = logging.getLogger(__name__)
@@ -697,28 +698,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--init-checkpoint", help="start from these weights (e.g. stage dhe's best.pt)")
     parser.add_argument("--resume", action="store_true", help="continue OUT/last.pt at its exact step")
     for name, kind, help_text in [
-        ("epochs", int, ""), ("batch-size", int, "pairs per step (per process under DDP)"),
-        ("lr", float, "Adam learning rate (paper: 1e-5)"),
-        ("clip-grad", float, "clip the gradient norm to this (0: off)"),
-        ("margin", float, "triplet margin (paper: 0.1)"),
-        ("negatives", int, "negatives per query (paper: 2)"),
-        ("mining-pool", int, "random candidates per query for partial hard-negative mining"),
-        ("cache-refresh", int, "queries between refreshes of the mining descriptor cache"),
-        ("supervised-weight", float, "weight of the corner loss on labelled pairs (synthetic views)"),
-        ("robust-px", float, "corner loss: distances beyond this many pixels count logarithmically (0: linearly)"),
-        ("rei-weight", float, "weight of the label-free REI loss (0: off)"),
-        ("warp-repeats", int, "synthetic views: reuse N fixed sets (stage dhe then embeds each view once "
-                              "and trains the regressor on cached features: faster, less varied)"),
-        ("difficulty", float, "synthetic views: strongest change, 0..1 of the recipe's maxima "
-                              "(1: tilt 60 deg, rotation 30, zoom 0.5-2, overlap 50 %%, dusk)"),
-        ("curriculum-epochs", int, "grow the views' difficulty over this many epochs (0: all at once)"),
-        ("curriculum-start", float, "difficulty at the first epoch of the curriculum"),
-        ("unfreeze-from", int, "joint stage: first trainable backbone block (default: cct14 6, efficientnet 8)"),
-        ("positive-dist-train", float, "metres (paper: 10)"), ("positive-dist-val", float, "metres (paper: 25)"),
-        ("val-fraction", float, "synthetic views: images held back for validation"),
-        ("val-top-k", int, "candidates re-ranked in validation"),
-        ("val-every", int, "validate every N epochs (and after the last)"),
-        ("max-samples", int, "use at most N images"), ("seed", int, ""), ("workers", int, "data loader processes"),
+        ("epochs", count(1, 1_000_000), ""), ("batch-size", count(1, 4096), "pairs per step (per process under DDP)"),
+        ("lr", number(0.0, 1.0, above=True), "Adam learning rate (paper: 1e-5)"),
+        ("clip-grad", number(0.0), "clip the gradient norm to this (0: off)"),
+        ("margin", number(0.0, 10.0), "triplet margin (paper: 0.1)"),
+        ("negatives", count(1, 100), "negatives per query (paper: 2)"),
+        ("mining-pool", count(1), "random candidates per query for partial hard-negative mining"),
+        ("cache-refresh", count(1), "queries between refreshes of the mining descriptor cache"),
+        ("supervised-weight", number(0.0), "weight of the corner loss on labelled pairs (synthetic views)"),
+        ("robust-px", number(0.0), "corner loss: distances beyond this many pixels count logarithmically "
+                                   "(0: linearly)"),
+        ("rei-weight", number(0.0), "weight of the label-free REI loss (0: off)"),
+        ("warp-repeats", count(1, 100_000), "synthetic views: reuse N fixed sets (stage dhe then embeds each view "
+                                            "once and trains the regressor on cached features: faster, less varied)"),
+        ("difficulty", number(0.0, 1.0), "synthetic views: strongest change, 0..1 of the recipe's maxima "
+                                         "(1: tilt 60 deg, rotation 30, zoom 0.5-2, overlap 50 %%, dusk)"),
+        ("curriculum-epochs", count(0), "grow the views' difficulty over this many epochs (0: all at once)"),
+        ("curriculum-start", number(0.0, 1.0), "difficulty at the first epoch of the curriculum"),
+        ("unfreeze-from", count(0, 1000), "joint stage: first trainable backbone block (default: cct14 6, "
+                                          "efficientnet 8)"),
+        ("positive-dist-train", number(0.0, above=True), "metres (paper: 10)"),
+        ("positive-dist-val", number(0.0, above=True), "metres (paper: 25)"),
+        ("val-fraction", number(0.0, 0.9), "synthetic views: images held back for validation"),
+        ("val-top-k", count(1, 1000), "candidates re-ranked in validation"),
+        ("val-every", count(1), "validate every N epochs (and after the last)"),
+        ("max-samples", count(1), "use at most N images"), ("seed", count(0), ""),
+        ("workers", count(0, 256), "data loader processes"),
     ]:
         parser.add_argument(f"--{name}", type=kind, default=getattr(d, name.replace("-", "_")), help=help_text or None)
     parser.add_argument("--lr-schedule", choices=("none", "cosine"), default=d.lr_schedule)
@@ -735,12 +740,17 @@ def run(args: argparse.Namespace) -> int:
     cfg.amp = not args.no_amp
     cfg.tensorboard = not args.no_tensorboard
     cfg.extra = {"dump_rank_weights": args.dump_rank_weights}
+    out = Path(args.out)
     if args.resume:
-        saved = Path(args.out) / "config.json"
-        if saved.is_file():  # the run's own settings win, except how many epochs to reach
+        saved = out / "config.json"
+        if saved.is_file():  # the run's own settings win, except how many epochs to reach and where it is now
             stored = TrainConfig.from_dict(json.loads(saved.read_text()))
-            stored.epochs, stored.device = args.epochs, args.device
+            stored.epochs, stored.device, stored.out = args.epochs, args.device, str(out)
             cfg = stored
+    elif out.is_file() or out.is_dir() and any(out.iterdir()):
+        names = sorted(p.name for p in out.iterdir())[:5] if out.is_dir() else []
+        raise ValueError(f"train --out {out} is not a new folder ({', '.join(names) or 'a file'}): nothing was "
+                         "changed; choose a new folder, or --resume to continue the run in it")
     metrics = train(cfg, resume=args.resume)
     if metrics:
         log.info("final validation: %s", _fmt(metrics))

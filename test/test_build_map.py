@@ -17,9 +17,10 @@ from dhe_vpr_ros.build_map import add_frames
 from dhe_vpr_ros.cli import main
 from dhe_vpr_ros.datasets import Frame, folder_frames
 from dhe_vpr_ros.evaluate import evaluate
+from dhe_vpr_ros.groundtruth import GroundTruthError, LabelledRun
 from dhe_vpr_ros.geometry import corner_error
 from dhe_vpr_ros.localizer import Localizer, model_identity
-from dhe_vpr_ros.mapdb import MapDatabase, MapError, Place
+from dhe_vpr_ros.mapdb import MapDatabase, Place
 from dhe_vpr_ros.mapdb import Pose as MapPose
 from dhe_vpr_ros.models import build_model, save_checkpoint
 
@@ -173,7 +174,7 @@ def test_build_map_output_an_empty_folder_is_used_and_a_user_path_is_refused_unt
 
 
 # -- rosbag2 -------------------------------------------------------------------------------
-def _write_bag(path, storage, compressed, pose_type):
+def _write_bag(path, storage, compressed, pose_type, nan_pose_at=None):
     from rosbags.rosbag2 import StoragePlugin, Writer
     from rosbags.typesys import Stores, get_typestore
     store = get_typestore(Stores.ROS2_JAZZY)
@@ -197,7 +198,8 @@ def _write_bag(path, storage, compressed, pose_type):
                 msg = store.types[img_type](header=header, height=H, width=W, encoding="rgb8", is_bigendian=0,
                                             step=W * 3, data=rgb.ravel())
             writer.write(cam, stamp, store.serialize_cdr(msg, img_type))
-            pose = Pose(position=Point(x=float(i), y=2.0, z=0.0), orientation=Quat(x=0.0, y=0.0, z=0.0, w=1.0))
+            x = float("nan") if i == nan_pose_at else float(i)
+            pose = Pose(position=Point(x=x, y=2.0, z=0.0), orientation=Quat(x=0.0, y=0.0, z=0.0, w=1.0))
             odom_header = Header(stamp=Time(sec=stamp // 10**9, nanosec=stamp % 10**9 + 1000), frame_id="odom")
             if pose_type == "odom":
                 PwC, Twc = store.types[geo + "PoseWithCovariance"], store.types[geo + "TwistWithCovariance"]
@@ -249,8 +251,8 @@ def test_add_frames_skips_unreadable_images(tmp_path, model):
     loc = Localizer(model, MapDatabase(model_identity(model)), reranker="none")
     frames = [Frame("good", lambda: scene(1)), *folder_frames(tmp_path)]
     assert add_frames(loc, frames) == [0]
-    with pytest.raises(MapError, match="without UTM"):
-        evaluate(loc, [])
+    with pytest.raises(GroundTruthError, match="without UTM"):
+        evaluate(loc, LabelledRun("no UTM", [], []))
 
 
 def test_sigterm_of_build_map_cleans_up_like_ctrl_c(tmp_path):
@@ -262,9 +264,11 @@ def test_sigterm_of_build_map_cleans_up_like_ctrl_c(tmp_path):
                              "-o", str(tmp_path / "map"), "--batch-size", "2"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 120
-    while not any(p.name.startswith(".grids-") for p in tmp_path.iterdir()):
+    while not (tmp_path / ".map.lock").exists():  # it holds the map's writer lock: it is at work
         assert proc.poll() is None and time.monotonic() < deadline, "build-map ended before it could be stopped"
         time.sleep(0.05)
+    time.sleep(2.0)  # into the embedding (its grids go to an unnamed spill file)
+    assert proc.poll() is None, "build-map ended before it could be stopped"
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 130, out

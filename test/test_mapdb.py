@@ -103,10 +103,10 @@ def test_killed_save_leaves_previous_map_loadable(tmp_path):
         import numpy as np
         from dhe_vpr_ros.mapdb import MapDatabase, ModelIdentity
         identity = ModelIdentity("efficientnet_lite0", "abc123", 384, (64, 24, 24), 16)
-        db = MapDatabase(identity)
+        db = MapDatabase(identity, spill_dir={str(tmp_path)!r})  # its grids wait in this test's folder
         for _ in range(40):  # ~300 MB of grids: long enough to be killed mid-write
             db.add(np.random.rand(100, 16).astype("float32"), np.ones((100, 64, 24, 24), "float16"))
-        db.save({str(tmp_path / "map")!r})
+        db.save({str(tmp_path / "map")!r}, replace=True)
     """)
     proc = subprocess.Popen([sys.executable, "-c", script])
     deadline = time.monotonic() + 120
@@ -124,9 +124,12 @@ def test_killed_save_leaves_previous_map_loadable(tmp_path):
 _HOLD_SPILL = """
 import sys, time
 import numpy as np
+from dhe_vpr_ros.atomic import locked_tempfile
 from dhe_vpr_ros.mapdb import MapDatabase, ModelIdentity
 db = MapDatabase(ModelIdentity("efficientnet_lite0", "abc123", 384, (8, 4, 4), 16), spill_dir=sys.argv[1])
 db.add(np.random.rand(3, 16).astype("float32"), np.ones((3, 8, 4, 4), "float16"))
+assert db._spill.path is None  # an unnamed file: nothing to see, nothing to leave
+fd, named = locked_tempfile(sys.argv[1], ".grids-", ".spill")  # what file systems without O_TMPFILE get
 print("spilling", flush=True)
 time.sleep(120)
 """
@@ -139,7 +142,7 @@ def test_leftovers_of_a_dead_writer_go_and_a_live_writers_stay(tmp_path):
     try:
         assert writer.stdout.readline().strip() == "spilling"
         spills = [p for p in tmp_path.iterdir() if p.name.startswith(".grids-")]
-        assert len(spills) == 1
+        assert len(spills) == 1  # only the named fallback is visible
         dead_tmp = tmp_path / ".map.tmp-dead"  # a temp dir nobody holds, as a SIGKILL leaves it
         dead_tmp.mkdir()
         (dead_tmp / "local.f16").write_bytes(b"\0" * 64)
@@ -163,7 +166,8 @@ def test_map_files_follow_the_umask_also_after_an_append(tmp_path, umask, dir_mo
         _build(tmp_path / "map")
         modes = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "map").iterdir()}
         assert (tmp_path / "map").stat().st_mode & 0o777 == dir_mode
-        assert modes == dict.fromkeys(["global.faiss", "local.f16", "places.jsonl", "manifest.json"], file_mode)
+        assert modes == dict.fromkeys(["global.faiss", "local.f16", "places.jsonl", "manifest.json", "cells.f64",
+                                       "static_mask.png"], file_mode)
         db = MapDatabase.open(tmp_path / "map", expect=IDENTITY)
         db.add(*_random_places(2, 5))
         db.save(tmp_path / "map")

@@ -64,12 +64,15 @@ def start(tmp_path, name="node", extra=(), **params):
 
 def test_config_file_lists_every_parameter_with_its_default():
     import yaml
+
+    from dhe_vpr_ros.node_params import config_yaml
     listed = yaml.safe_load(CONFIG.read_text())["/**"]["ros__parameters"]
     assert listed == {name: spec.default for name, spec in PARAMETERS.items()}
+    assert CONFIG.read_text() == config_yaml()  # regenerate: python -m dhe_vpr_ros.node_params > config/vpr.yaml
 
 
 def test_match_loop_closure_and_pose_reach_a_lio_sam_style_subscriber(ros, tmp_path, map_dir):
-    node = start(tmp_path, map_path=str(map_dir), publish_debug_image=True, min_score=60.0)
+    node = start(tmp_path, map_path=str(map_dir), publish_debug_image=True, min_score=60.0, sequence_length=1)
     probe = Probe()
     try:
         probe.wait_connected(node)
@@ -78,7 +81,7 @@ def test_match_loop_closure_and_pose_reach_a_lio_sam_style_subscriber(ros, tmp_p
         probe.wait_for(lambda: probe.got["match"] and probe.got["lio_sam"] and probe.got["pose"],
                        60, "~/match, ~/loop_closure, ~/matched_pose")
         match = probe.got["match"][0]
-        assert len(match.data) == 17 and match.layout.dim[0].size == 17
+        assert len(match.data) == 22 and match.layout.dim[0].size == 22  # the 17 documented, then 5 appended
         q_stamp, place_id, score, similarity, map_stamp = match.data[:5]
         assert q_stamp == pytest.approx(query_stamp) and place_id == 2 and map_stamp == pytest.approx(1200.0)
         assert score >= 100 and similarity > 0.99
@@ -111,8 +114,67 @@ def test_match_loop_closure_and_pose_reach_a_lio_sam_style_subscriber(ros, tmp_p
         assert node.stop() == 0, node.text()
 
 
+@pytest.fixture(scope="module")
+def route_map(tmp_path_factory, model):
+    """16 places along a route, stamps 1000 + 10 i s: place ids follow the route."""
+    path = tmp_path_factory.mktemp("route") / "map"
+    loc = Localizer(model, MapDatabase(model_identity(model)), reranker="none")
+    loc.add_images([scene(200 + i) for i in range(16)],
+                   [Place(-1, f"route_{i}", int((MAP_STAMP0 + 10 * i) * 1e9)) for i in range(16)])
+    loc.database.save(path)
+    return path
+
+
+def test_a_topic_listed_twice_gives_one_match_per_frame(ros, tmp_path, map_dir):
+    node = start(tmp_path, map_path=str(map_dir), image_topics=["/cam", "/cam", "cam"])
+    probe = Probe()
+    try:
+        probe.wait_connected(node)
+        for n in range(2):
+            probe.publish_rgb(scene(61), 5000.0 + n)
+            probe.wait_for(lambda n=n: len(probe.got["match"]) > n, 60, f"~/match of frame {n}")
+        probe.spin(2.0)
+        assert [m.data[0] for m in probe.got["match"]] == [5000.0, 5001.0]  # not four
+        assert "more than once" in node.text()
+    finally:
+        probe.close()
+        assert node.stop() == 0, node.text()
+
+
+def test_loop_closures_wait_for_agreeing_frames_and_a_jump_closes_none(ros, tmp_path, route_map):
+    """A second run along places 2, 3, 4 closes loops once two frames agree; a one-frame jump to
+    place 14 (a look-alike far away) still publishes ~/match, flagged unverified, but no loop."""
+    node = start(tmp_path, map_path=str(route_map), sequence_length=3, sequence_min_agreeing=2, min_score=40.0,
+                 sequence_tolerance=1, sequence_max_speed=2.0)
+    probe = Probe()
+    warp = np.array([[1.02, 0.01, -4], [-0.01, 1.0, 3], [0, 0, 1.0]])
+    try:
+        probe.wait_connected(node)
+        for n, place in enumerate([2, 3, 4, 14]):
+            image = cv2.warpPerspective(scene(200 + place), warp, (W, H), borderMode=cv2.BORDER_REFLECT)
+            probe.publish_rgb(image, 5000.0 + n)
+            probe.wait_for(lambda n=n: len(probe.got["match"]) > n, 60, f"~/match of frame {n}")
+        probe.spin(1.0)
+        matches = [m.data for m in probe.got["match"]]
+        assert [int(m[1]) for m in matches] == [2, 3, 4, 14]  # every frame is answered
+        assert [m[17] for m in matches] == [0.0, 1.0, 1.0, 0.0]  # verified: the 18th value
+        assert [int(m[18]) for m in matches[1:3]] == [3, 4] and matches[2][20] >= 2  # place and agreeing frames
+        loops = [list(m.data) for m in probe.got["loop_closure"]]
+        assert np.allclose(loops, [[5001.0, MAP_STAMP0 + 30], [5002.0, MAP_STAMP0 + 40]])
+        assert len(probe.got["pose"]) == 0  # this map has no poses
+    finally:
+        probe.close()
+        assert node.stop() == 0, node.text()
+
+
+def _huge_png() -> bytes:
+    ok, buffer = cv2.imencode(".png", np.zeros((8000, 8000), np.uint16), [cv2.IMWRITE_PNG_COMPRESSION, 9])
+    return buffer.tobytes()
+
+
 BAD_INPUTS = [
     ("unsupported encoding", lambda: Image(height=4, width=4, encoding="32FC1", step=16, data=bytes(64))),
+    ("64 megapixels", lambda: CompressedImage(format="png", data=_huge_png())),
     ("truncated", lambda: Image(height=240, width=320, encoding="rgb8", step=960, data=bytes(1000))),
     ("zero size", lambda: Image(height=0, width=0, encoding="rgb8", step=0, data=b"")),
     ("bad jpeg", lambda: CompressedImage(format="jpeg", data=b"\xff\xd8\xff garbage")),
@@ -135,7 +197,8 @@ def test_bad_inputs_are_logged_counted_and_the_node_keeps_answering(ros, tmp_pat
         assert probe.got["match"][-1].data[1] == 1.0
         assert node.proc.poll() is None
         log = node.text()
-        for reason in ("unsupported encoding '32FC1'", "truncated message", "empty image", "cannot decode"):
+        for reason in ("unsupported encoding '32FC1'", "over the limit of 50 MP", "truncated message", "empty image",
+                       "cannot decode"):
             assert reason in log, reason
         assert "/cam/compressed" in log and "/cam:" in log.replace("/cam/compressed", "")
     finally:
@@ -178,7 +241,7 @@ def test_loop_closure_within_one_run_and_save_map(ros, tmp_path):
     saved = tmp_path / "grown_map"
     # remapped as a LIO-SAM user would: LIO-SAM listens on lio_loop/loop_closure_detection
     node = start(tmp_path, add_keyframes=True, keyframe_min_interval_sec=1.0, min_time_gap_sec=15.0,
-                 save_map_path=str(saved), min_score=30.0,
+                 save_map_path=str(saved), min_score=30.0, sequence_length=1,
                  extra=("-r", "/vpr_node/loop_closure:=/lio_loop/loop_closure_detection"))
     probe = Probe(lio_topic="/lio_loop/loop_closure_detection")
     try:
@@ -334,7 +397,7 @@ def test_lifecycle_transitions_through_change_state(ros, tmp_path, map_dir):
 
 def test_live_parameters_are_validated_and_take_effect(ros, tmp_path, map_dir):
     new_save = tmp_path / "saved_here"
-    node = start(tmp_path, map_path=str(map_dir), reranker="ransac", min_score=20.0)
+    node = start(tmp_path, map_path=str(map_dir), reranker="ransac", min_score=20.0, sequence_length=1)
     probe = Probe()
     try:
         probe.wait_connected(node)

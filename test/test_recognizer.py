@@ -32,14 +32,14 @@ def recognizer(model, policy=LoopPolicy(), places=3):
 
 
 def test_a_revisit_closes_a_loop_with_pose_and_stamps(model):
-    rec = recognizer(model, LoopPolicy(min_score=30, min_time_gap_sec=30))
+    rec = recognizer(model, LoopPolicy(min_score=30, min_time_gap_sec=30, sequence_length=1))
     out = rec.recognize(scene(81), 500 * S)
     assert out.best.place_id == 1 and out.accepted
     assert out.loop_closure == (500.0, 110.0) and out.pose == Pose("map", (1.0, 0.0, 0.0))
 
 
 def test_places_within_the_time_gap_are_not_candidates(model):
-    rec = recognizer(model, LoopPolicy(min_score=30, min_time_gap_sec=30))
+    rec = recognizer(model, LoopPolicy(min_score=30, min_time_gap_sec=30, sequence_length=1))
     out = rec.recognize(scene(81), 115 * S)  # place 1 (110 s) and place 2 (120 s) are too recent
     assert {c.place_id for c in out.result.candidates} == {0} if out.result.candidates else True
     assert not out.accepted and out.loop_closure is None and out.pose is None
@@ -48,7 +48,7 @@ def test_places_within_the_time_gap_are_not_candidates(model):
 
 
 def test_min_score_gates_loop_and_pose_but_not_the_match(model):
-    rec = recognizer(model, LoopPolicy(min_score=1e5, min_time_gap_sec=0))
+    rec = recognizer(model, LoopPolicy(min_score=1e5, min_time_gap_sec=0, sequence_length=1))
     out = rec.recognize(scene(82), 500 * S)
     assert out.best.place_id == 2 and not out.accepted and out.loop_closure is None and out.pose is None
 
@@ -64,7 +64,7 @@ def test_keyframes_respect_interval_and_max_places(model):
 
 def test_invalid_updates_change_nothing(model):
     rec = recognizer(model, LoopPolicy(min_score=20))
-    for bad in ({"min_score": -1.0}, {"max_places": 0}, {"reranker": "magic"}, {"top_k": 0},
+    for bad in ({"min_score": -0.5}, {"max_places": 0}, {"sequence_length": 0}, {"reranker": "magic"}, {"top_k": 0},
                 {"min_time_gap_sec": float("nan")}):
         with pytest.raises(ValueError):
             rec.update(**bad)

@@ -173,3 +173,23 @@ def test_launch_testing_publishes_an_image_and_receives_a_match(tmp_path, demo_m
                 f"DHE_VPR_TEST_PLACE=3 launch_test test/launch/launch_vpr_match.py", timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "test_an_image_gets_a_match_for_its_place" in result.stdout + result.stderr
+
+
+def test_calibrate_writes_a_params_file_that_the_launch_file_loads(tmp_path, demo_map):
+    """`ros2 run dhe_vpr_ros calibrate` on the bundled photos (query i shows place i), then
+    `ros2 launch ... params_file:=` that file: the node runs with the calibrated values."""
+    import yaml
+    params = tmp_path / "calibrated.yaml"
+    result = sh(f"ros2 run dhe_vpr_ros calibrate --reference {DEMO} --queries {DEMO.parent / 'queries'} "
+                f"--tolerance 0 --map {demo_map} --reranker ransac -o {params}", timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    values = yaml.safe_load(params.read_text())["/**"]["ros__parameters"]
+    launch = Launch(f"vpr.launch.py params_file:={params} map_path:={demo_map}", tmp_path / "launch.log")
+    try:
+        launch.wait_for("active: listening")
+        for name in ("reranker", "min_score", "sequence_length", "min_distinctiveness"):
+            shown = str(values[name])
+            assert shown in sh_until(f"ros2 param get /vpr_node {name}", shown), name
+    finally:
+        code = launch.ctrl_c()
+    assert code == 0 and "Traceback" not in launch.text(), launch.text()

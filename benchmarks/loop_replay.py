@@ -1,0 +1,270 @@
+#!/usr/bin/env python3
+# Copyright 2026 dhe_vpr_ros maintainers
+# SPDX-License-Identifier: Apache-2.0
+"""Replay a second run of a route through the real node and count its loop closures.
+
+From a reference and a query image sequence of one route (folders, frame i of each at the same
+place; ``benchmarks/sequences.py`` makes them from public data) this script:
+
+1. writes each run as a rosbag2 (MCAP; ``sensor_msgs/Image`` rgb8 on ``/camera/image_raw`` and
+   ``nav_msgs/Odometry`` on ``/odom``, one frame per ``--period`` seconds, the reference run
+   long before the query run; the datasets have no odometry, so the pose is the frame index
+   along x, ``--spacing`` metres apart);
+2. builds the map with the real command: ``build-map --bag ... --pose-topic /odom``;
+3. starts the real node (``python -m dhe_vpr_ros node``) with the package's defaults, the map,
+   reliable image QoS (large images cross processes) and any ``--params-file``/``--set``;
+4. publishes the query run over DDS in order, each frame after the node answered the last
+   (so every frame is judged; ``--step`` skips frames as a faster robot would);
+5. collects ``~/match`` and ``~/loop_closure`` and prints right / wrong / far (more than 5
+   frames off) loop closures, precision, recall, and latency; then the recall that thresholding
+   the single-frame score (``~/match``'s score) alone reaches at the same precision.
+
+Situations a robot meets: ``--map-frames A:B`` (the map holds reference frames A..B-1 only:
+frames beyond it must close no loop; frames within 8 of its ends are reported apart),
+``--step N`` (every Nth query frame), ``--still A:B:N`` (frames A..B-1 published N times each:
+a robot that stops).
+
+    python benchmarks/loop_replay.py --reference seq/gardens/reference --queries seq/gardens/queries
+
+Ends with ``name=value`` lines.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+os.environ.setdefault("ROS_DOMAIN_ID", str(random.randint(101, 200)))
+os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+
+TOLERANCE = 2  # frames: the datasets' ground truth
+FAR = 5  # frames: a loop closure further off bends a SLAM map the most
+EDGE = 8  # frames just beyond the map's ends may still see its last places
+IMAGE_TOPIC, ODOM_TOPIC = "/camera/image_raw", "/odom"
+REFERENCE_T0, QUERY_T0 = 1000.0, 100000.0
+
+
+def span(text: str | None, n: int) -> tuple[int, int]:
+    if not text:
+        return 0, n
+    a, b = (int(v) if v else d for v, d in zip(text.split(":"), (0, n)))
+    return max(a, 0), min(b, n)
+
+
+def publish_plan(n: int, step: int, still: str | None) -> list[int]:
+    """Query frame indices in publish order."""
+    plan = list(range(0, n, step))
+    if still:
+        a, b, times = (int(v) for v in still.split(":"))
+        plan = [i for i in plan for _ in range(times if a <= i < b else 1)]
+    return plan
+
+
+def write_bag(path: Path, images: list[np.ndarray], indices: list[int], t0: float, period: float, spacing: float):
+    """A rosbag2 of camera frames with odometry: message n is frame ``indices[n]`` at t0 + n * period."""
+    from nav_msgs.msg import Odometry
+    from rclpy.serialization import serialize_message
+    from rosbags.rosbag2 import StoragePlugin, Writer
+    from rosbags.typesys import Stores, get_typestore
+    from sensor_msgs.msg import Image
+
+    from dhe_vpr_ros.image_conversion import rgb_to_fields
+
+    store = get_typestore(Stores.ROS2_JAZZY)
+    with Writer(path, version=9, storage_plugin=StoragePlugin.MCAP) as writer:
+        cam = writer.add_connection(IMAGE_TOPIC, "sensor_msgs/msg/Image", typestore=store)
+        odom = writer.add_connection(ODOM_TOPIC, "nav_msgs/msg/Odometry", typestore=store)
+        for n, i in enumerate(indices):
+            stamp = t0 + n * period
+            sec, nsec = int(stamp), int(round((stamp - int(stamp)) * 1e9))
+            msg = Image(**rgb_to_fields(images[i], "rgb8"))
+            msg.header.stamp.sec, msg.header.stamp.nanosec, msg.header.frame_id = sec, nsec, "camera"
+            pose = Odometry()
+            pose.header.stamp.sec, pose.header.stamp.nanosec, pose.header.frame_id = sec, nsec, "odom"
+            pose.pose.pose.position.x = i * spacing
+            pose.pose.pose.orientation.w = 1.0
+            ns = sec * 1_000_000_000 + nsec
+            writer.write(cam, ns, serialize_message(msg))
+            writer.write(odom, ns, serialize_message(pose))
+
+
+def read_images(folder: Path) -> list[np.ndarray]:
+    from dhe_vpr_ros.datasets import folder_frames
+    return [f.load() for f in folder_frames(folder)]
+
+
+def replay(args, work: Path, queries: list[np.ndarray], plan: list[int]) -> tuple[dict, list, list]:
+    """Publish the planned query frames to the node; returns (answers by publish index, loop closures, latencies)."""
+    import rclpy
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+    from sensor_msgs.msg import Image
+    from std_msgs.msg import Float64MultiArray
+
+    from dhe_vpr_ros.image_conversion import rgb_to_fields
+
+    params = {"map_path": str(work / "map"), "image_topics": [IMAGE_TOPIC], "image_qos_reliability": "reliable"}
+    for item in args.set:
+        name, value = item.split("=", 1)
+        params[name] = json.loads(value)
+    (work / "replay.yaml").write_text(json.dumps({"/**": {"ros__parameters": params}}))
+    config = Path(__file__).resolve().parents[1] / "config" / "vpr.yaml"
+    files = [config, work / "replay.yaml", *([Path(args.params_file)] if args.params_file else [])]
+    cmd = [sys.executable, "-m", "dhe_vpr_ros", "node", "--ros-args"]
+    cmd += [arg for f in files for arg in ("--params-file", str(f))]
+    node_log = open(work / "node.log", "w")
+    node = subprocess.Popen(cmd, stdout=node_log, stderr=subprocess.STDOUT)
+    rclpy.init()
+    probe = rclpy.create_node("loop_replay")
+    pub = probe.create_publisher(Image, IMAGE_TOPIC, QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE))
+    matches, loops = {}, []
+    probe.create_subscription(Float64MultiArray, "/vpr_node/match",
+                              lambda m: matches.setdefault(round(m.data[0], 3), (time.monotonic(), list(m.data))), 50)
+    probe.create_subscription(Float64MultiArray, "/vpr_node/loop_closure", lambda m: loops.append(list(m.data)), 50)
+    latencies = []
+    try:
+        deadline = time.monotonic() + 180
+        while pub.get_subscription_count() == 0 or probe.count_publishers("/vpr_node/match") == 0:
+            rclpy.spin_once(probe, timeout_sec=0.1)
+            if node.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"vpr_node did not come up:\n{(work / 'node.log').read_text()[-3000:]}")
+        for n, i in enumerate(plan):
+            stamp = QUERY_T0 + n * args.period
+            msg = Image(**rgb_to_fields(queries[i], "rgb8"))
+            msg.header.stamp.sec, msg.header.stamp.nanosec = int(stamp), int(round((stamp % 1) * 1e9))
+            msg.header.frame_id = "camera"
+            sent = time.monotonic()
+            pub.publish(msg)
+            key = round(stamp, 3)
+            end = sent + args.timeout
+            while key not in matches and time.monotonic() < end and node.poll() is None:
+                rclpy.spin_once(probe, timeout_sec=0.01)
+            if key in matches:
+                latencies.append((matches[key][0] - sent) * 1e3)
+            if n % 100 == 0:
+                print(f"  frame {n}/{len(plan)}: {len(loops)} loop closures", flush=True)
+        end = time.monotonic() + 2
+        while time.monotonic() < end:
+            rclpy.spin_once(probe, timeout_sec=0.05)
+    finally:
+        node.send_signal(signal.SIGINT)
+        try:
+            node.wait(60)
+        except subprocess.TimeoutExpired:
+            node.kill()
+        node_log.close()
+        probe.destroy_node()
+        rclpy.try_shutdown()
+    answers = {n: matches[round(QUERY_T0 + n * args.period, 3)][1] for n in range(len(plan))
+               if round(QUERY_T0 + n * args.period, 3) in matches}
+    return answers, loops, latencies
+
+
+def region(query: int, a: int, b: int) -> str:
+    if a <= query < b:
+        return "in map"
+    return "edge" if a - EDGE <= query < b + EDGE else "beyond"
+
+
+def score_run(args, plan, answers, loops, a, b) -> dict:
+    """Loop closures judged against the frame-index truth, and the single-frame curve of ~/match."""
+    from dhe_vpr_ros.precision import precision_curve, summarize
+    counts = {r: {"frames": 0, "loops": 0, "right": 0, "wrong": 0, "far": 0} for r in ("in map", "edge", "beyond")}
+    for i in plan:
+        counts[region(i, a, b)]["frames"] += 1
+    for q_stamp, m_stamp in loops:
+        n = int(round((q_stamp - QUERY_T0) / args.period))
+        q = plan[n]
+        r = int(round((m_stamp - REFERENCE_T0) / args.period))
+        c = counts[region(q, a, b)]
+        c["loops"] += 1
+        right = a <= q < b and abs(q - r) <= TOLERANCE
+        c["right" if right else "wrong"] += 1
+        c["far"] += int(abs(q - r) > FAR)
+    judged = {k: v for k, v in counts.items() if k != "edge"}
+    loops_n = sum(c["loops"] for c in judged.values())
+    right = counts["in map"]["right"]
+    precision = right / loops_n if loops_n else 1.0
+    recall = right / max(counts["in map"]["frames"], 1)
+    # the single-frame alternative: ~/match's place and score, thresholded
+    scores, correct, has = [], [], []
+    for n, q in enumerate(plan):
+        if region(q, a, b) == "edge":
+            continue
+        data = answers.get(n)
+        place = int(data[1]) + a if data else -1  # map place ids count from the map's first frame
+        scores.append(data[2] if data else -math.inf)
+        has.append(a <= q < b)
+        correct.append(a <= q < b and abs(place - q) <= TOLERANCE)
+    curve = precision_curve(scores, correct, has)
+    at = np.flatnonzero(curve.precision >= precision - 1e-9)
+    single_recall = float(curve.recall[at].max()) if at.size else 0.0
+    return {"counts": counts, "precision": precision, "recall": recall, "single_frame_recall": single_recall,
+            "single_frame_recall_at_100": summarize(curve).recall_at_100_precision}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--reference", type=Path, required=True)
+    parser.add_argument("--queries", type=Path, required=True)
+    parser.add_argument("--name", help="label for the name=value lines (default: the folder's parent)")
+    parser.add_argument("--map-frames", help="A:B: the map holds reference frames A..B-1 only")
+    parser.add_argument("--step", type=int, default=1, help="publish every Nth query frame (a faster robot)")
+    parser.add_argument("--still", help="A:B:N: publish query frames A..B-1 N times each (a robot that stops)")
+    parser.add_argument("--params-file", help="extra node parameters (e.g. from calibrate)")
+    parser.add_argument("--set", action="append", default=[], help='NAME=JSON node parameter, e.g. reranker="ransac"')
+    parser.add_argument("--period", type=float, default=0.5, help="seconds between frames in the bags")
+    parser.add_argument("--spacing", type=float, default=1.0, help="metres between frames (odometry)")
+    parser.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for each ~/match")
+    parser.add_argument("--keep", type=Path, help="keep the bags, map and node log in this new folder")
+    args = parser.parse_args()
+    name = args.name or args.reference.parent.name
+    reference, queries = read_images(args.reference), read_images(args.queries)
+    a, b = span(args.map_frames, len(reference))
+    plan = publish_plan(len(queries), args.step, args.still)
+    work = Path(tempfile.mkdtemp(prefix="loop_replay-")) if args.keep is None else args.keep
+    work.mkdir(parents=True, exist_ok=True)
+    start = time.monotonic()
+    write_bag(work / "reference_bag", reference, list(range(a, b)), REFERENCE_T0 + a * args.period, args.period,
+              args.spacing)
+    write_bag(work / "query_bag", queries, plan, QUERY_T0, args.period, args.spacing)
+    subprocess.run([sys.executable, "-m", "dhe_vpr_ros", "build-map", "--bag", str(work / "reference_bag"),
+                    "--topic", IMAGE_TOPIC, "--pose-topic", ODOM_TOPIC, "-o", str(work / "map")], check=True)
+    answers, loops, latencies = replay(args, work, queries, plan)
+    result = score_run(args, plan, answers, loops, a, b)
+    seconds = time.monotonic() - start
+    print(f"\n{name}: {len(reference)} reference frames (map {a}:{b}), {len(plan)} query frames published, "
+          f"{len(answers)} answered, {seconds:.0f} s")
+    print(f"{'frames':<8}{'published':>10}{'loops':>7}{'right':>7}{'wrong':>7}{'far':>5}")
+    for key, c in result["counts"].items():
+        print(f"{key:<8}{c['frames']:>10}{c['loops']:>7}{c['right']:>7}{c['wrong']:>7}{c['far']:>5}")
+    lat = sorted(latencies)
+    p50 = statistics.median(lat) if lat else math.nan
+    p95 = lat[min(len(lat) - 1, math.ceil(0.95 * len(lat)) - 1)] if lat else math.nan
+    far = sum(c["far"] for k, c in result["counts"].items() if k != "edge")
+    print(f"precision {result['precision']:.3f}, recall {result['recall']:.3f} (single-frame score alone at that "
+          f"precision: {result['single_frame_recall']:.3f}; at 100 %: {result['single_frame_recall_at_100']:.3f}); "
+          f"latency median {p50:.0f} ms, p95 {p95:.0f} ms")
+    key = name.replace("-", "_")
+    print(f"{key}_loops={sum(c['loops'] for c in result['counts'].values())} {key}_far={far} "
+          f"{key}_wrong_beyond_map={result['counts']['beyond']['loops']} "
+          f"{key}_precision={result['precision']:.3f} {key}_recall={result['recall']:.3f} "
+          f"{key}_single_frame_recall_same_precision={result['single_frame_recall']:.3f} "
+          f"{key}_latency_median_ms={p50:.0f} {key}_latency_p95_ms={p95:.0f}")
+    if args.keep is None:
+        import shutil
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,164 @@
+# Copyright 2026 dhe_vpr_ros maintainers
+# SPDX-License-Identifier: Apache-2.0
+"""``calibrate``: the loop-closure settings that reach a target precision on the user's own run.
+
+A labelled run of the robot (a reference run and a query run of one route, or a geo split) is
+played through retrieval and one re-ranker in order, once. Then every combination of sequence
+length and distinctiveness ratio on a small grid is replayed through the node's sequence
+verification (cheap: no network involved), and for each the score threshold that keeps
+precision at the target with the most recall is found. The winner (most recall; on a tie the
+shorter window and the lower ratio, i.e. the simpler and quicker setting) is written as a ROS 2
+parameters file that ``ros2 launch dhe_vpr_ros vpr.launch.py params_file:=FILE`` loads, with the
+measured precision and recall in its comments.
+
+The threshold is put halfway between the lowest score the winner accepts and the next lower
+score on the run, so the same frames are accepted here and the margin is shared both ways.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import logging
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+
+import numpy as np
+
+from .arguments import count, number
+from .atomic import atomic_write
+from .build_map import add_model_arguments
+from .evaluate import add_run_arguments, open_run, record, sequence_answers
+from .precision import precision_curve
+from .recognizer import LoopPolicy
+from .rerank import DEFAULT_REFINE_ROUNDS, MAX_REFINE_ROUNDS, RERANKERS
+
+__all__ = ["Calibration", "MARKER", "calibrate", "operating_point", "write_params"]
+
+log = logging.getLogger(__name__)
+
+MARKER = "# dhe_vpr_ros calibrate"  # first line of every file this command writes
+SEQUENCE_LENGTHS = (1, 2, 3, 4, 5, 6, 8, 10)
+DISTINCTIVENESS = (1.0, 1.1, 1.25, 1.5, 2.0)
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """The chosen settings and what they measured on the run they were chosen on."""
+
+    policy: LoopPolicy
+    reranker: str
+    top_k: int
+    target: float
+    precision: float
+    recall: float
+    accepted: int
+    queries: int
+    positives: int
+    single_frame_recall: float  # thresholding the single-frame score alone, at the same target
+
+
+def operating_point(answers, target: float) -> tuple[float, float, float, int] | None:
+    """(threshold, precision, recall, accepted) with the most recall at precision >= target, the
+    threshold halfway to the next lower score; None when no threshold reaches the target."""
+    curve = precision_curve(answers.scores, answers.correct, answers.has_positive)
+    ok = np.flatnonzero(curve.precision >= target - 1e-12)
+    if not ok.size or curve.recall[ok].max() <= 0:
+        return None
+    best = ok[np.argmax(curve.recall[ok])]  # argmax: the first, i.e. highest threshold, of equal recalls
+    lower = curve.thresholds[best + 1] if best + 1 < curve.thresholds.size else 0.0
+    threshold = float((curve.thresholds[best] + max(lower, 0.0)) / 2)
+    accepted = int((np.isfinite(answers.scores) & (answers.scores >= threshold)).sum())
+    return threshold, float(curve.precision[best]), float(curve.recall[best]), accepted
+
+
+def calibrate(run, ranked, reranker: str, top_k: int, target: float, base: LoopPolicy = LoopPolicy(),
+              lengths=SEQUENCE_LENGTHS, ratios=DISTINCTIVENESS) -> Calibration:
+    """Grid-search sequence length and distinctiveness over a recorded run (``ranked``, in query order)."""
+    if not 0 < target <= 1:
+        raise ValueError(f"--target-precision must be above 0 and at most 1, not {target}")
+    if len(ranked) < 2:
+        raise ValueError(f"a run of {len(ranked)} frame cannot be calibrated: give at least 2 query frames")
+    results = []
+    for length in lengths:
+        for ratio in ratios:
+            policy = replace(base, sequence_length=length, min_distinctiveness=ratio,
+                             sequence_min_agreeing=min(base.sequence_min_agreeing, length))
+            point = operating_point(sequence_answers(run, ranked, policy, reranker), target)
+            if point is not None:
+                results.append((point[2], -length, -ratio, policy, point))
+    single_frame = replace(base, sequence_length=1, min_distinctiveness=1.0, sequence_min_agreeing=1)
+    single = operating_point(sequence_answers(run, ranked, single_frame, reranker), target)
+    if not results:
+        raise ValueError(f"no setting reaches precision {target:g} on this run with {reranker}: even the highest "
+                         "score is a wrong place; lower --target-precision, or check that the reference and query "
+                         "runs are of the same route and in order")
+    recall, _, _, policy, (threshold, precision, _, accepted) = max(results, key=lambda r: r[:3])
+    answers = sequence_answers(run, ranked, policy, reranker)
+    return Calibration(replace(policy, min_score=round(threshold, 4)), reranker, top_k, target, precision, recall,
+                       accepted,
+                       len(ranked), int(answers.has_positive.sum()), single[2] if single else 0.0)
+
+
+def params_yaml(cal: Calibration, source: str, node_name: str = "/**") -> str:
+    """The parameters file: the ranking and loop-closure settings, measured figures as comments."""
+    values = {"reranker": cal.reranker, "top_k": cal.top_k,
+              **{f.name: getattr(cal.policy, f.name) for f in fields(LoopPolicy)
+                 if f.name == "min_score" or "sequence" in f.name or "distinctiveness" in f.name}}
+    floats = {f.name for f in fields(LoopPolicy) if f.type in ("float", float)}
+    lines = [MARKER + f" on {datetime.date.today().isoformat()}: re-ranker {cal.reranker}, target precision "
+                      f"{cal.target:g}",
+             f"# run: {source}",
+             f"# measured on that run: precision {cal.precision:.3f}, recall {cal.recall:.3f} "
+             f"({cal.accepted} loop closures, {cal.queries} queries, {cal.positives} with a true place);",
+             f"# the single-frame score alone reaches recall {cal.single_frame_recall:.3f} at that precision.",
+             "# Use: ros2 launch dhe_vpr_ros vpr.launch.py params_file:=THIS_FILE map_path:=MAP",
+             f"{node_name}:", "  ros__parameters:"]
+    for name, value in values.items():
+        shown = json.dumps(float(value) if name in floats else value)
+        lines.append(f"    {name}: {shown}")
+    return "\n".join(lines) + "\n"
+
+
+def write_params(path: str | Path, text: str) -> None:
+    """Write atomically; an existing file is replaced only when this command wrote it."""
+    target = Path(path)
+    if target.is_dir():
+        raise ValueError(f"{target} is a directory; give a file name for the parameters, e.g. {target}/vpr.yaml")
+    if target.exists():
+        with open(target, encoding="utf-8", errors="replace") as handle:
+            first = handle.readline()
+        if not first.startswith(MARKER):
+            raise ValueError(f"refusing to replace {target}: it was not written by calibrate (nothing was changed); "
+                             "choose a new file name")
+    with atomic_write(target, mode="w") as handle:
+        handle.write(text)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_run_arguments(parser)
+    parser.add_argument("--reranker", choices=RERANKERS, default="dhe")
+    parser.add_argument("--top-k", type=count(1, 1000), default=16,
+                        help="candidates re-ranked per frame (the node's top_k)")
+    parser.add_argument("--refine-rounds", type=count(0, MAX_REFINE_ROUNDS), default=DEFAULT_REFINE_ROUNDS,
+                        help=argparse.SUPPRESS)
+    parser.add_argument("--target-precision", type=number(0.0, 1.0, above=True), default=1.0,
+                        help="precision the settings must reach on this run (default 1.0)")
+    parser.add_argument("--output", "-o", required=True, help="parameters file to write (YAML)")
+    parser.add_argument("--batch-size", type=count(1, 4096), default=16)
+    add_model_arguments(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    localizer, labelled = open_run(args, [args.reranker])
+    labelled.label_with_map(localizer.database.places)
+    if len(labelled.queries) < 2:
+        raise ValueError("a run needs at least 2 query frames")
+    recorded = record(localizer, labelled.queries, [args.reranker], args.top_k)
+    cal = calibrate(labelled, recorded.rankings[args.reranker], args.reranker, args.top_k, args.target_precision)
+    text = params_yaml(cal, labelled.description)
+    write_params(args.output, text)
+    log.info("wrote %s: min_score %g, sequence_length %d, min_distinctiveness %g: precision %.3f, recall %.3f "
+             "(single-frame score alone: recall %.3f)", args.output, cal.policy.min_score, cal.policy.sequence_length,
+             cal.policy.min_distinctiveness, cal.precision, cal.recall, cal.single_frame_recall)
+    return 0
