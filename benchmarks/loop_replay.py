@@ -22,7 +22,7 @@ place; ``benchmarks/sequences.py`` makes them from public data) this script:
 Situations a robot meets: ``--map-frames A:B`` (the map holds reference frames A..B-1 only:
 frames beyond it must close no loop; frames within 8 of its ends are reported apart),
 ``--step N`` (every Nth query frame), ``--still A:B:N`` (frames A..B-1 published N times each:
-a robot that stops).
+a robot that stops). ``--no-mask`` builds the map without its static-cell mask.
 
     python benchmarks/loop_replay.py --reference seq/gardens/reference --queries seq/gardens/queries
 
@@ -222,6 +222,8 @@ def main() -> None:
     parser.add_argument("--step", type=int, default=1, help="publish every Nth query frame (a faster robot)")
     parser.add_argument("--still", help="A:B:N: publish query frames A..B-1 N times each (a robot that stops)")
     parser.add_argument("--params-file", help="extra node parameters (e.g. from calibrate)")
+    parser.add_argument("--no-mask", action="store_true", help="build the map without a static-cell mask "
+                        "(--static-threshold 1), to see what the mask does")
     parser.add_argument("--set", action="append", default=[], help='NAME=JSON node parameter, e.g. reranker="ransac"')
     parser.add_argument("--period", type=float, default=0.5, help="seconds between frames in the bags")
     parser.add_argument("--spacing", type=float, default=1.0, help="metres between frames (odometry)")
@@ -239,7 +241,8 @@ def main() -> None:
               args.spacing)
     write_bag(work / "query_bag", queries, plan, QUERY_T0, args.period, args.spacing)
     subprocess.run([sys.executable, "-m", "dhe_vpr_ros", "build-map", "--bag", str(work / "reference_bag"),
-                    "--topic", IMAGE_TOPIC, "--pose-topic", ODOM_TOPIC, "-o", str(work / "map")], check=True)
+                    "--topic", IMAGE_TOPIC, "--pose-topic", ODOM_TOPIC, "-o", str(work / "map"),
+                    *(["--static-threshold", "1"] if args.no_mask else [])], check=True)
     answers, loops, latencies = replay(args, work, queries, plan)
     result = score_run(args, plan, answers, loops, a, b)
     seconds = time.monotonic() - start

@@ -9,6 +9,10 @@ node as a subprocess with the shipped model, frames published over DDS (reliable
 
     python benchmarks/node_latency.py                       # CPU, light backbone
     python benchmarks/node_latency.py --device cuda --backbone cct14 --checkpoint CKPT
+    python benchmarks/node_latency.py --busy-cores 1        # another process keeps a core busy
+
+Uses only node parameters and APIs the package has had since 0.2.0, so the same script measures
+an older checkout (``PYTHONPATH=old_checkout python benchmarks/node_latency.py``).
 """
 from __future__ import annotations
 
@@ -31,6 +35,11 @@ os.environ.setdefault("ROS_DOMAIN_ID", str(random.randint(101, 200)))
 os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
 
 
+def _busy() -> None:
+    while True:
+        pass
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--places", type=int, default=1000)
@@ -41,6 +50,8 @@ def main() -> None:
     parser.add_argument("--top-k", type=int, default=16)
     parser.add_argument("--rate", type=float, default=2.0, help="publish rate (Hz) for the latency run")
     parser.add_argument("--seconds", type=float, default=30.0)
+    parser.add_argument("--busy-cores", type=int, default=0, help="processes that keep a core busy meanwhile")
+    parser.add_argument("--set", action="append", default=[], help="NAME=JSON: another node parameter")
     args = parser.parse_args()
 
     import rclpy
@@ -77,7 +88,8 @@ def main() -> None:
                                           "backbone": args.backbone,
                                           "device": args.device, "reranker": args.reranker, "top_k": args.top_k,
                                           "image_topics": ["/bench/image"], "image_qos_reliability": "reliable",
-                                          "min_time_gap_sec": 0.0}}}
+                                          "min_time_gap_sec": 0.0,
+                                          **{k: json.loads(v) for k, v in (i.split("=", 1) for i in args.set)}}}}
     (work / "params.yaml").write_text(json.dumps(params))
     node = subprocess.Popen([sys.executable, "-m", "dhe_vpr_ros", "node", "--ros-args", "--params-file",
                              str(work / "params.yaml")], stdout=open(work / "node.log", "w"), stderr=subprocess.STDOUT)
@@ -112,15 +124,21 @@ def main() -> None:
         lat = sorted((answers[k] - sent[k]) * 1e3 for k in sent if k in answers)
         done = len(lat)
         return lat, done / seconds, n
+    import multiprocessing
+    busy = [multiprocessing.Process(target=_busy, daemon=True) for _ in range(args.busy_cores)]
+    for proc in busy:
+        proc.start()
     run(args.rate, 5.0, 100.0)  # warm-up
     lat, fps, n = run(args.rate, args.seconds, 1000.0)
     _, sustained, n_fast = run(30.0, 15.0, 3000.0)
+    for proc in busy:
+        proc.terminate()
     node.send_signal(signal.SIGINT)
     node.wait(30)
     p95 = lat[min(len(lat) - 1, math.ceil(0.95 * len(lat)) - 1)]  # nearest rank
-    print(f"{'map places':<12} {'device':<7} {'reranker':<9} {'rate Hz':>8} {'frames':>7} {'median ms':>10} "
-          f"{'p95 ms':>8} {'sustained fps (30 Hz in)':>25}")
-    print(f"{len(db):<12} {args.device:<7} {args.reranker:<9} {args.rate:>8.1f} {len(lat):>7} "
+    print(f"{'map places':<12} {'device':<7} {'reranker':<9} {'busy':>5} {'rate Hz':>8} {'frames':>7} "
+          f"{'median ms':>10} {'p95 ms':>8} {'sustained fps (30 Hz in)':>25}")
+    print(f"{len(db):<12} {args.device:<7} {args.reranker:<9} {args.busy_cores:>5} {args.rate:>8.1f} {len(lat):>7} "
           f"{statistics.median(lat):>10.1f} {p95:>8.1f} {sustained:>25.2f}")
     print(f"node_latency_median_ms={statistics.median(lat):.1f} node_latency_p95_ms={p95:.1f} "
           f"sustained_fps={sustained:.2f}")

@@ -5,4 +5,7 @@
 The core (models, geometry, matching, re-ranking, losses) imports without ROS; only
 ``dhe_vpr_ros.node`` needs rclpy.
 """
+from .threads import set_wait_policy
+
 __version__ = "0.2.0"
+set_wait_policy()  # before torch and faiss load their OpenMP runtimes (see threads.py)

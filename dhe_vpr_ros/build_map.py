@@ -132,6 +132,11 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", help="model checkpoint (default: the shipped model)")
     parser.add_argument("--backbone", help="without --checkpoint: backbone name")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (cuda falls back to cpu)")
+    parser.add_argument("--threads", type=count(0, 256), default=0,
+                        help="CPU threads for the network (0: the CPUs available, at most 4; see README)")
+    parser.add_argument("--runtime", choices=("torch", "onnxruntime"), default="torch",
+                        help="run the networks in PyTorch, or the exported ONNX files (--onnx) in onnxruntime")
+    parser.add_argument("--onnx", help="with --runtime onnxruntime: the folder `export` wrote")
 
 
 def frames_from_args(args: argparse.Namespace) -> tuple[Iterable[Frame], int | None]:
@@ -172,8 +177,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _build(args: argparse.Namespace, frames, total) -> int:
-    localizer = open_localizer(args.checkpoint, args.backbone, args.device, reranker="none", new_map=lambda m, info:
-                               open_for_writing(args.output, m, info, args.append, args.overwrite, args.index))
+    localizer = open_localizer(args.checkpoint, args.backbone, args.device, threads=args.threads,
+                               runtime=args.runtime, onnx=args.onnx, reranker="none",
+                               new_map=lambda m, info: open_for_writing(args.output, m, info, args.append,
+                                                                        args.overwrite, args.index))
     database = localizer.database
     database.set_mask_settings(mask_settings(args, database))  # a bad mask fails here, before hours of work
     before = len(database)

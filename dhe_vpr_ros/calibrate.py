@@ -82,12 +82,11 @@ def calibrate(run, ranked, reranker: str, top_k: int, target: float, base: LoopP
     results = []
     for length in lengths:
         for ratio in ratios:
-            policy = replace(base, sequence_length=length, min_distinctiveness=ratio,
-                             sequence_min_agreeing=min(base.sequence_min_agreeing, length))
+            policy = replace(base, sequence_length=length, min_distinctiveness=ratio)
             point = operating_point(sequence_answers(run, ranked, policy, reranker), target)
             if point is not None:
                 results.append((point[2], -length, -ratio, policy, point))
-    single_frame = replace(base, sequence_length=1, min_distinctiveness=1.0, sequence_min_agreeing=1)
+    single_frame = replace(base, sequence_length=1, min_distinctiveness=1.0)
     single = operating_point(sequence_answers(run, ranked, single_frame, reranker), target)
     if not results:
         raise ValueError(f"no setting reaches precision {target:g} on this run with {reranker}: even the highest "

@@ -44,9 +44,11 @@ def add_model_info(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", help="describe this checkpoint")
     parser.add_argument("--backbone", default="efficientnet_lite0", help="without --checkpoint: backbone name")
     parser.add_argument("--regressor", default=None, help="without --checkpoint: regressor preset (paper|light)")
+    parser.add_argument("--threads", type=int, default=0, help="report the thread settings this many threads give "
+                        "(0: the default)")
 
 
-def run_map_info(path: str) -> int:
+def run_map_info(path: str, threads: str) -> int:
     from .mapdb import MapDatabase
     database = MapDatabase.open(path)
     stamps = [p.timestamp_ns for p in database.places if p.timestamp_ns is not None]
@@ -55,7 +57,8 @@ def run_map_info(path: str) -> int:
             ("index", database.index_type), ("built with", str(database.build_info.get("checkpoint"))),
             ("with poses", str(sum(p.pose is not None for p in database.places))),
             ("stamps", f"{min(stamps) / 1e9:.3f} .. {max(stamps) / 1e9:.3f} s" if stamps else "none"),
-            ("mask", database.mask.summary()), ("static threshold", f"{database.mask_settings.threshold:g}")]
+            ("mask", database.mask.summary()), ("static threshold", f"{database.mask_settings.threshold:g}"),
+            ("threads", threads)]
     width = max(len(k) for k, _ in rows)
     sys.stdout.write("".join(f"{k:<{width}}  {v}\n" for k, v in rows))
     return 0
@@ -63,8 +66,10 @@ def run_map_info(path: str) -> int:
 
 def run_model_info(args: argparse.Namespace) -> int:
     from .models import build_model, load_checkpoint
+    from .threads import configure_threads
+    threads = configure_threads(args.threads)
     if args.map:
-        return run_map_info(args.map)
+        return run_map_info(args.map, threads.describe())
     if args.checkpoint:
         model, payload = load_checkpoint(args.checkpoint)
         meta = payload.get("meta", {})
@@ -81,6 +86,7 @@ def run_model_info(args: argparse.Namespace) -> int:
         ("backbone params", f"{sum(p.numel() for p in model.backbone.parameters()) / 1e6:.2f} M"),
         ("regressor params", f"{sum(p.numel() for p in model.regressor.parameters()) / 1e6:.2f} M"),
         ("regressor GFLOP/pair", f"{config.gflop_per_pair():.2f}"),
+        ("threads", threads.describe()),
     ] + [(f"meta.{k}", str(v)) for k, v in meta.items()]
     width = max(len(k) for k, _ in rows)
     sys.stdout.write("".join(f"{k:<{width}}  {v}\n" for k, v in rows))
@@ -105,7 +111,8 @@ def run_query(args: argparse.Namespace) -> int:
 
     from .image_conversion import read_image
     from .runtime import open_localizer
-    localizer = open_localizer(args.checkpoint, args.backbone, args.device, args.map, reranker=args.reranker,
+    localizer = open_localizer(args.checkpoint, args.backbone, args.device, args.map, threads=args.threads,
+                               runtime=args.runtime, onnx=args.onnx, reranker=args.reranker,
                                top_k=args.top_k, refine_rounds=args.refine_rounds)
     for path in args.images:
         result = localizer.query(read_image(path))
@@ -117,6 +124,26 @@ def run_query(args: argparse.Namespace) -> int:
         for rank, cand in enumerate(result.candidates[:args.show], 1):
             sys.stdout.write(f"  {rank:>4} {cand.place_id:>7} {cand.score:>8.3f} "
                              f"{cand.global_similarity:>7.3f}  {cand.place.source}\n")
+    return 0
+
+
+# -- export -----------------------------------------------------------------------------------
+def add_export(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", required=True, help="a new folder for backbone.onnx, regressor.onnx, model.json")
+    parser.add_argument("--checkpoint", help="model checkpoint (default: the shipped model)")
+    parser.add_argument("--backbone", help="without --checkpoint: backbone name")
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .onnx_model import export_model
+    from .runtime import load_model
+    model, info = load_model(args.checkpoint, args.backbone)
+    meta = export_model(model, args.out, info)
+    sizes = ", ".join(f"{p.name} {p.stat().st_size / 1e6:.1f} MB" for p in sorted(Path(args.out).glob("*.onnx")))
+    log.info("wrote %s (%s): %s; run it with --runtime onnxruntime --onnx %s", args.out, meta["backbone"], sizes,
+             args.out)
     return 0
 
 
@@ -144,6 +171,8 @@ COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
                   _lazy("calibrate", "run")),
     "convert-checkpoint": ("convert a DHE-VPR author checkpoint to ours", add_convert_checkpoint,
                            run_convert_checkpoint),
+    "export": ("write the backbone and the regressor as ONNX files (dynamic batch) for onnxruntime / TensorRT",
+               add_export, run_export),
     "info": ("describe a model, a checkpoint or a map (--map: places, static-cell mask)", add_model_info,
              run_model_info),
 }
@@ -207,4 +236,5 @@ build_map_main = _entry("build-map")
 query_main = _entry("query")
 evaluate_main = _entry("evaluate")
 calibrate_main = _entry("calibrate")
+export_main = _entry("export")
 train_main = _entry("train")

@@ -300,7 +300,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def open_run(args: argparse.Namespace, rerankers: list[str]) -> tuple[Localizer, LabelledRun]:
     """The labelled run and a localizer whose map holds its reference frames (prebuilt or embedded now)."""
     run = labelled_run(args)
-    localizer = open_localizer(args.checkpoint, args.backbone, args.device, args.map, reranker=rerankers[0],
+    localizer = open_localizer(args.checkpoint, args.backbone, args.device, args.map, threads=args.threads,
+                               runtime=args.runtime, onnx=args.onnx, reranker=rerankers[0],
                                top_k=args.top_k, refine_rounds=args.refine_rounds)
     if not args.map:
         add_frames(localizer, run.references, args.batch_size, len(run.references), desc="reference")

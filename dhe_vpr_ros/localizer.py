@@ -231,15 +231,16 @@ class Localizer:
 
     def _usable_cells(self, query_size: tuple[int, int], ids) -> torch.Tensor | None:
         """The map's mask (static and user cells out) as a tensor, or None when every cell may vote.
-        A camera whose frames differ in size from the map's is told once: the mask was made on those."""
+        A camera whose frames have another shape than the map's is told once: the mask was made on those."""
         usable = self.database.usable_cells()
         if usable is None:
             return None
         map_size = self.database.places[int(ids[0])].image_size
-        if map_size is not None and tuple(map_size) != tuple(query_size) and not self._size_warned:
-            self._size_warned = True
+        if map_size is not None and not self._size_warned and \
+                abs((query_size[0] / query_size[1]) / (map_size[0] / map_size[1]) - 1) > 0.02:
+            self._size_warned = True  # the mask lives in the resized frame: only another shape moves it
             log.warning("the camera's images are %dx%d but the map's were %dx%d: its static-cell mask was "
-                        "learned on those and may not fit this camera", *query_size, *map_size)
+                        "learned on frames of another shape and may not fit this camera", *query_size, *map_size)
         if self._usable is None or not np.array_equal(self._usable[0], usable):
             self._usable = (usable, torch.from_numpy(usable).to(self.device))
         return self._usable[1]

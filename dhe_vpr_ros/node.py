@@ -86,7 +86,7 @@ class NodeStats:
     """Counters and windows behind /diagnostics (worker and callbacks update, the timer reads)."""
 
     def __init__(self):
-        self.processed = self.bad = self.errors = 0
+        self.processed = self.bad = self.errors = self.verified = self.loop_closures = 0
         self.latencies: deque = deque(maxlen=200)
         self.rate_window: deque = deque(maxlen=400)
         self.last_error = ""
@@ -149,7 +149,9 @@ class VprNode(LifecycleNode):
         p = self.p
         check_startup(p)
         loc = open_localizer(p["checkpoint"], p["backbone"], p["device"], p["map_path"] or None,
-                             logger=_LoggerAdapter(self.get_logger()), reranker=p["reranker"], top_k=p["top_k"],
+                             logger=_LoggerAdapter(self.get_logger()), threads=p["threads"] or None,
+                             runtime=p["runtime"], onnx=p["onnx_dir"] or None,
+                             reranker=p["reranker"], top_k=p["top_k"],
                              refine_rounds=p["refine_rounds"])
         self.recognizer = PlaceRecognizer(loc, LoopPolicy.from_mapping(p))
         self.device = str(loc.device)
@@ -317,8 +319,10 @@ class VprNode(LifecycleNode):
         self.pub_top_k.publish(top)
         if recognition.pose is not None:
             self.pub_pose.publish(self._pose_msg(recognition.pose, header, recognition.pose_variance_scale))
+        self.stats.verified += int(recognition.accepted)
         if recognition.loop_closure is not None:
             self.pub_loop.publish(Float64MultiArray(data=list(recognition.loop_closure)))  # what LIO-SAM reads
+            self.stats.loop_closures += 1
         if self.p["publish_debug_image"]:
             picture = draw_match(image, best, result.inliers)
             self.pub_debug.publish(Image(header=header, **rgb_to_fields(picture, "rgb8")))
@@ -349,6 +353,7 @@ class VprNode(LifecycleNode):
             "frames_received": slots.received, "frames_processed": stats.processed,
             "frames_dropped": slots.dropped, "bad_messages": stats.bad, "processing_errors": stats.errors,
             "latency_ms_p50": stats.percentile(0.5), "latency_ms_p95": stats.percentile(0.95),
+            "frames_verified": stats.verified, "loop_closures": stats.loop_closures,
             "map_places": len(rec), "keyframes_added": rec.keyframes_added, "map_full": rec.map_full,
             "device": self.device, "reranker": self.p["reranker"], "last_error": stats.last_error,
         }

@@ -45,6 +45,11 @@ PARAMETERS: dict[str, ParamSpec] = {
     "checkpoint": ParamSpec("", "model checkpoint; empty: the shipped default model"),
     "backbone": ParamSpec("", "backbone when no checkpoint is given (efficientnet_lite0 | cct14); empty: the default"),
     "device": ParamSpec("cpu", "cpu, cuda or cuda:N; cuda without a GPU falls back to cpu with a warning"),
+    "runtime": ParamSpec("torch", "torch, or onnxruntime: the exported ONNX files in onnx_dir (CUDA / TensorRT "
+                                  "providers where installed)"),
+    "onnx_dir": ParamSpec("", "with runtime onnxruntime: the folder `export` wrote"),
+    "threads": ParamSpec(0, "CPU threads for the network (0: the CPUs available, at most 4); OpenCV and FAISS use "
+                            "one, idle OpenMP threads sleep", False, (0, 256)),
     "image_topics": ParamSpec(["image"], "camera topics; a name ending in /compressed is a CompressedImage topic"),
     "image_qos_reliability": ParamSpec("best_effort", "best_effort (sensor data QoS) or reliable, for the images"),
     "max_image_pixels": ParamSpec(MAX_PIXELS, "larger frames are bad messages, refused before they are decoded "
@@ -68,7 +73,8 @@ PARAMETERS: dict[str, ParamSpec] = {
                                     "places per processed frame, either direction (0: standing still only)", True,
                                     _LIMITS["max_speed"]),
     "sequence_min_agreeing": ParamSpec(_POLICY.sequence_min_agreeing, "frames of the window whose first-ranked "
-                                       "place must lie on the sequence's line", True, _LIMITS["min_agreeing"]),
+                                       "place must lie on the sequence's line (at most sequence_length)", True,
+                                       _LIMITS["min_agreeing"]),
     "min_distinctiveness": ParamSpec(_POLICY.min_distinctiveness, "the verified place's sequence score over the "
                                      "best one outside its neighbourhood (1: off; near 1 is aliasing)", True,
                                      _LIMITS["min_distinctiveness"]),
@@ -141,6 +147,8 @@ def check_startup(p: dict) -> None:
     if not topics or any(not str(t).strip() for t in topics):
         raise ParameterProblem(f"image_topics must list at least one camera topic, without empty names "
                                f"(got {topics})")
+    if p["runtime"] not in ("torch", "onnxruntime"):
+        raise ParameterProblem(f"runtime must be torch or onnxruntime, not {p['runtime']!r}")
     if p["image_qos_reliability"] not in ("best_effort", "reliable"):
         raise ParameterProblem("image_qos_reliability must be best_effort or reliable, "
                                f"not {p['image_qos_reliability']!r}")

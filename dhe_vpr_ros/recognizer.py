@@ -32,9 +32,11 @@ __all__ = ["AUTO", "CALIBRATED_MIN_SCORE", "FrameSlots", "LoopPolicy", "PlaceRec
 
 AUTO = -1.0  # min_score: the calibrated threshold of the active re-ranker
 # The sequence score each re-ranker must reach for a loop closure with the default sequence
-# settings: chosen by `calibrate` for 100 % precision on the real sequences (README "Loop
-# closures you can trust"). Scores are inlier counts (dhe, ransac, magsac) or a cosine (none).
-CALIBRATED_MIN_SCORE = {"dhe": 60.0, "ransac": 30.0, "magsac": 30.0, "none": 0.6}
+# settings: chosen by benchmarks/calibrate_defaults.py on the real sequences (README "Loop
+# closures you can trust"). Scores are inlier counts (dhe, ransac, magsac) or a cosine (none):
+# the global descriptor alone reached no useful precision, so its threshold is one a cosine
+# never reaches (it publishes matches, not loop closures, unless `calibrate` says otherwise).
+CALIBRATED_MIN_SCORE = {"dhe": 106.0, "ransac": 39.0, "magsac": 33.0, "none": 2.0}
 _SEQUENCE_FIELDS = {"sequence_length": "length", "sequence_tolerance": "tolerance",
                     "sequence_max_speed": "max_speed", "sequence_min_agreeing": "min_agreeing",
                     "min_distinctiveness": "min_distinctiveness",

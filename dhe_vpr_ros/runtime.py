@@ -12,7 +12,7 @@ import torch
 from .models import VPRModel, build_model, load_checkpoint
 from .models.checkpoint import file_sha256
 
-__all__ = ["default_checkpoint", "load_model", "open_localizer", "resolve_device"]
+__all__ = ["RUNTIMES", "default_checkpoint", "load_any_model", "load_model", "open_localizer", "resolve_device"]
 
 log = logging.getLogger(__name__)
 
@@ -59,17 +59,42 @@ def load_model(checkpoint: str | os.PathLike | None = None, backbone: str | None
     return model, {"checkpoint": None, "checkpoint_sha256": None}
 
 
+RUNTIMES = ("torch", "onnxruntime")
+
+
+def load_any_model(checkpoint, backbone, device, logger, runtime: str = "torch", onnx: str | None = None,
+                   threads: int | None = None):
+    """``load_model`` for runtime torch; for onnxruntime the exported folder ``onnx``."""
+    if runtime not in RUNTIMES:
+        raise ValueError(f"unknown runtime {runtime!r}; choose from {', '.join(RUNTIMES)}")
+    if runtime == "torch":
+        return load_model(checkpoint, backbone, device, logger)
+    if not onnx:
+        raise ValueError("runtime onnxruntime needs the exported model folder (--onnx DIR, the node's onnx_dir); "
+                         "write one with `python -m dhe_vpr_ros export --out DIR`")
+    from .onnx_model import load_onnx_model
+    model = load_onnx_model(onnx, backbone or None, threads)
+    (logger or log).info("runtime onnxruntime: %s (%s)", onnx, ", ".join(model.providers))
+    return model, {"checkpoint": model.meta.get("checkpoint") or f"onnx:{onnx}",
+                   "checkpoint_sha256": model.meta.get("checkpoint_sha256")}
+
+
 def open_localizer(checkpoint: str | os.PathLike | None = None, backbone: str | None = None,
                    device: str | None = "cpu", map_path: str | os.PathLike | None = None, *,
-                   new_map=None, logger=None, **options):
-    """The one setup every command and the node share: resolve the device, load the model,
+                   new_map=None, logger=None, threads: int | None = None, runtime: str = "torch",
+                   onnx: str | os.PathLike | None = None, **options):
+    """The one setup every command and the node share: apply the thread settings
+    (``threads.configure_threads``), resolve the device, load the model,
     open the map at ``map_path`` (checked against the model) or make a new one
     (``new_map(model, build_info)``, default: an empty in-memory map), and tie them into a
     ``Localizer``; ``options`` (reranker, top_k, refine_rounds) go to it."""
     from .localizer import Localizer, model_identity
     from .mapdb import MapDatabase
-    dev = resolve_device(device, logger)
-    model, build_info = load_model(checkpoint or None, backbone or None, dev, logger)
+    from .threads import configure_threads
+    settings = configure_threads(threads)
+    dev = resolve_device(device, logger) if runtime == "torch" else torch.device("cpu")
+    model, build_info = load_any_model(checkpoint or None, backbone or None, dev, logger, runtime, onnx,
+                                       settings.torch)
     if map_path:
         database = MapDatabase.open(map_path, expect=model_identity(model))
     elif new_map is not None:

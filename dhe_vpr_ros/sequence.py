@@ -38,12 +38,13 @@ __all__ = ["SequenceSettings", "SequenceVerifier", "Verdict"]
 class SequenceSettings:
     """What the verifier needs; checked on construction (ValueError naming the field)."""
 
-    length: int = 5  # frames in the window, the current one included (1: single frame)
+    # the node's defaults, chosen by benchmarks/calibrate_defaults.py on the real sequences (README)
+    length: int = 2  # frames in the window, the current one included (1: single frame)
     tolerance: int = 2  # places a supporting match may lie off the line
     max_speed: float = 2.0  # places per frame, either direction
-    min_agreeing: int = 1  # frames of the window whose first-ranked place lies on the line
-    min_distinctiveness: float = 1.0  # best / best outside the neighbourhood (1: off)
-    neighbourhood: int = 10  # places around the best one that do not count against it
+    min_agreeing: int = 2  # frames of the window whose first-ranked place lies on the line (at most length)
+    min_distinctiveness: float = 2.0  # best / best outside the neighbourhood (1: off)
+    neighbourhood: int = 6  # places around the best one that do not count against it
 
     LIMITS = {"length": (1, 100), "tolerance": (0, 1000), "max_speed": (0.0, 1000.0), "min_agreeing": (0, 100),
               "min_distinctiveness": (1.0, 1000.0), "neighbourhood": (0, 100000)}
@@ -56,8 +57,6 @@ class SequenceSettings:
                 raise ValueError(f"{name} must be a number from {low} to {high}, not {value!r}")
             if isinstance(low, int) and value != int(value):
                 raise ValueError(f"{name} must be a whole number, not {value!r}")
-        if self.min_agreeing > self.length:
-            raise ValueError(f"min_agreeing ({self.min_agreeing}) cannot exceed length ({self.length})")
 
     def speeds(self) -> np.ndarray:
         """The speeds tried: fine enough that the line drifts by at most one place over the window."""
@@ -83,7 +82,9 @@ class Verdict:
     frames: int  # frames in the window so far (at most the length)
 
     def passes(self, settings: SequenceSettings, min_score: float) -> bool:
-        return (self.place_id >= 0 and self.score >= min_score and self.agreeing >= settings.min_agreeing
+        """Agreeing frames are asked for up to the window's length (a window of 1 frame needs 1)."""
+        return (self.place_id >= 0 and self.score >= min_score
+                and self.agreeing >= min(settings.min_agreeing, settings.length)
                 and self.distinctiveness >= settings.min_distinctiveness)
 
 

@@ -728,6 +728,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         parser.add_argument(f"--{name}", type=kind, default=getattr(d, name.replace("-", "_")), help=help_text or None)
     parser.add_argument("--lr-schedule", choices=("none", "cosine"), default=d.lr_schedule)
     parser.add_argument("--device", default=d.device, help="cpu, cuda (mixed precision bf16 on GPU)")
+    parser.add_argument("--threads", type=count(0, 256), default=0,
+                        help="CPU threads per process (0: the CPUs available, at most 4)")
     parser.add_argument("--no-amp", action="store_true", help="full fp32 on GPU")
     parser.add_argument("--no-tensorboard", action="store_true")
     parser.add_argument("--dump-rank-weights", action="store_true",
@@ -735,6 +737,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from .threads import configure_threads
+    configure_threads(args.threads)
     keys = {f.name for f in fields(TrainConfig)}
     cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k in keys})
     cfg.amp = not args.no_amp

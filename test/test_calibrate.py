@@ -43,7 +43,7 @@ def run_args(route):
 
 
 SEQUENCE = ["--sequence-length", "3", "--sequence-min-agreeing", "2", "--sequence-tolerance", "1",
-            "--sequence-max-speed", "1"]
+            "--sequence-max-speed", "1", "--min-distinctiveness", "1"]
 
 
 def test_evaluate_reports_precision_and_what_sequence_verification_changes(route, tmp_path):

@@ -176,6 +176,8 @@ def test_commands_never_replace_what_the_user_wrote(tmp_path, caplog):
     (["train", "--images", ".", "--out", "o", "--epochs", "-1"], "out of range"),  # case 16
     (["evaluate", "--reference", ".", "--queries", ".", "--sequence-length", "0"], "out of range"),
     (["calibrate", "--reference", ".", "--queries", ".", "-o", "x", "--target-precision", "1.5"], "out of range"),
+    (["build-map", "--images", ".", "-o", "m", "--static-threshold", "1.5"], "out of range"),
+    (["build-map", "--images", ".", "-o", "m", "--roi", "0", "0", "0", "nan"], "not a finite number"),
 ])
 def test_numeric_options_are_range_checked_in_one_line(argv, reason, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)

@@ -117,7 +117,7 @@ def test_settings_change_live_and_keep_the_history():
 
 
 @pytest.mark.parametrize("bad", [{"length": 0}, {"length": 2.5}, {"tolerance": -1}, {"max_speed": math.nan},
-                                 {"min_distinctiveness": 0.5}, {"min_agreeing": 6}, {"neighbourhood": True}])
+                                 {"min_distinctiveness": 0.5}, {"min_agreeing": 101}, {"neighbourhood": True}])
 def test_bad_settings_name_the_field(bad):
     with pytest.raises(ValueError, match=next(iter(bad))):
         SequenceSettings(**{"length": 5, **bad})

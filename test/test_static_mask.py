@@ -148,8 +148,7 @@ def test_bad_mask_inputs_end_in_one_line_and_leave_the_map_untouched(tmp_path, c
              (["--mask", str(tmp_path / "broken.png")], "cannot read the mask"),
              (["--mask", str(black)], "leave no cell"),
              (["--mask", str(tall)], "camera's resolution"),
-             (["--roi", "0.6", "0.6", "0", "0"], "ROI margins"),
-             (["--static-threshold", "1.5"], "threshold")]
+             (["--roi", "0.6", "0.6", "0", "0"], "ROI margins")]
     for extra, reason in cases:
         caplog.clear()
         with caplog.at_level(logging.ERROR):
