@@ -39,13 +39,16 @@ import numpy as np
 import torch
 
 from dhe_vpr_ros.datasets import folder_frames
+from dhe_vpr_ros.evaluate import FAR_FRAMES, Ranked, sequence_answers
+from dhe_vpr_ros.groundtruth import LabelledRun
 from dhe_vpr_ros.localizer import Localizer, model_identity
 from dhe_vpr_ros.mapdb import MapDatabase, Place
 from dhe_vpr_ros.rerank import MIN_VERIFIED_INLIERS, RERANKERS, _order, _verified_order
+from dhe_vpr_ros.recognizer import LoopPolicy
 from dhe_vpr_ros.runtime import load_model
-from dhe_vpr_ros.sequence import SequenceSettings, SequenceVerifier
+from dhe_vpr_ros.sequence import SequenceSettings
 
-TOLERANCE, FAR = 2, 5
+TOLERANCE = 2
 DEPTH = 32  # retrieved and recorded per query; the node re-ranks its top_k of them
 
 
@@ -99,14 +102,15 @@ def frames_of(data: dict, reranker: str, top_k: int) -> list[tuple[np.ndarray, n
 
 def verdicts(frames, settings: SequenceSettings) -> np.ndarray:
     """(Q, 3): sequence score where the frames agree and the place stands out (-inf elsewhere),
-    right (within +-2 frames), far (more than 5 frames off)."""
-    verifier = SequenceVerifier(settings)
-    rows = []
-    for q, (ids, scores) in enumerate(frames):
-        v = verifier.observe(ids, scores)
-        score = v.score if v.passes(settings, -math.inf) else -math.inf
-        rows.append((score, abs(v.place_id - q) <= TOLERANCE, abs(v.place_id - q) > FAR))
-    return np.array(rows, dtype=np.float64)
+    right (within +-2 frames), far (more than 5 frames off): evaluate's own judgement."""
+    positives = [np.arange(max(0, q - TOLERANCE), q + TOLERANCE + 1) for q in range(len(frames))]
+    run = LabelledRun("calibration", [], [], positives, TOLERANCE)
+    policy = LoopPolicy(sequence_length=settings.length, sequence_tolerance=settings.tolerance,
+                        sequence_max_speed=settings.max_speed, sequence_min_agreeing=settings.min_agreeing,
+                        min_distinctiveness=settings.min_distinctiveness,
+                        distinctiveness_neighbourhood=settings.neighbourhood)
+    answers = sequence_answers(run, [Ranked(ids, scores) for ids, scores in frames], policy, "dhe")
+    return np.stack([answers.scores, answers.correct, answers.errors > FAR_FRAMES], axis=1).astype(np.float64)
 
 
 def outcome(rows: np.ndarray, threshold: float) -> tuple[int, int, int]:
@@ -152,7 +156,7 @@ def main() -> None:
     grid = [SequenceSettings(length=n, min_agreeing=a, min_distinctiveness=d, neighbourhood=r)
             for n, a, d, r in itertools.product((2, 3, 4, 5), (2, 3, 4), (1.5, 2.0, 2.5, 3.0), (4, 6, 10)) if a <= n]
     chosen = None
-    dhe_frames = {n: frames_of(d, "dhe", args.top_k) for n, d in data.items()}
+    dhe_frames = {n: frames_of(d, "dhe", args.top_k) for n, d in data.items() if "dhe" in d}
     for settings in grid:  # the sequence settings, on dhe
         runs = {n: verdicts(f, settings) for n, f in dhe_frames.items()}
         found = best_threshold(runs, args.precision)

@@ -35,7 +35,6 @@ import json
 import math
 import os
 import random
-import signal
 import statistics
 import subprocess
 import sys
@@ -111,6 +110,7 @@ def replay(args, work: Path, queries: list[np.ndarray], plan: list[int]) -> tupl
     from sensor_msgs.msg import Image
     from std_msgs.msg import Float64MultiArray
 
+    from dhe_vpr_ros.demo import stop_node
     from dhe_vpr_ros.image_conversion import rgb_to_fields
 
     params = {"map_path": str(work / "map"), "image_topics": [IMAGE_TOPIC], "image_qos_reliability": "reliable"}
@@ -157,11 +157,7 @@ def replay(args, work: Path, queries: list[np.ndarray], plan: list[int]) -> tupl
         while time.monotonic() < end:
             rclpy.spin_once(probe, timeout_sec=0.05)
     finally:
-        node.send_signal(signal.SIGINT)
-        try:
-            node.wait(60)
-        except subprocess.TimeoutExpired:
-            node.kill()
+        stop_node(node)
         node_log.close()
         probe.destroy_node()
         rclpy.try_shutdown()
@@ -180,6 +176,7 @@ def score_run(args, plan, answers, loops, a, b) -> dict:
     """Loop closures judged against the frame-index truth, and the single-frame curve of ~/match."""
     from dhe_vpr_ros.precision import precision_curve, summarize
     counts = {r: {"frames": 0, "loops": 0, "right": 0, "wrong": 0, "far": 0} for r in ("in map", "edge", "beyond")}
+    wrong = []  # (query frame, map frame) of every wrong loop closure
     for i in plan:
         counts[region(i, a, b)]["frames"] += 1
     for q_stamp, m_stamp in loops:
@@ -191,6 +188,8 @@ def score_run(args, plan, answers, loops, a, b) -> dict:
         right = a <= q < b and abs(q - r) <= TOLERANCE
         c["right" if right else "wrong"] += 1
         c["far"] += int(abs(q - r) > FAR)
+        if not right:
+            wrong.append((q, r))
     judged = {k: v for k, v in counts.items() if k != "edge"}
     loops_n = sum(c["loops"] for c in judged.values())
     right = counts["in map"]["right"]
@@ -209,7 +208,8 @@ def score_run(args, plan, answers, loops, a, b) -> dict:
     curve = precision_curve(scores, correct, has)
     at = np.flatnonzero(curve.precision >= precision - 1e-9)
     single_recall = float(curve.recall[at].max()) if at.size else 0.0
-    return {"counts": counts, "precision": precision, "recall": recall, "single_frame_recall": single_recall,
+    return {"counts": counts, "wrong": wrong, "precision": precision, "recall": recall,
+            "single_frame_recall": single_recall,
             "single_frame_recall_at_100": summarize(curve).recall_at_100_precision}
 
 
@@ -222,6 +222,7 @@ def main() -> None:
     parser.add_argument("--step", type=int, default=1, help="publish every Nth query frame (a faster robot)")
     parser.add_argument("--still", help="A:B:N: publish query frames A..B-1 N times each (a robot that stops)")
     parser.add_argument("--params-file", help="extra node parameters (e.g. from calibrate)")
+    parser.add_argument("--mask", help="build-map --mask: a user mask for the map (white = use)")
     parser.add_argument("--no-mask", action="store_true", help="build the map without a static-cell mask "
                         "(--static-threshold 1), to see what the mask does")
     parser.add_argument("--set", action="append", default=[], help='NAME=JSON node parameter, e.g. reranker="ransac"')
@@ -242,7 +243,8 @@ def main() -> None:
     write_bag(work / "query_bag", queries, plan, QUERY_T0, args.period, args.spacing)
     subprocess.run([sys.executable, "-m", "dhe_vpr_ros", "build-map", "--bag", str(work / "reference_bag"),
                     "--topic", IMAGE_TOPIC, "--pose-topic", ODOM_TOPIC, "-o", str(work / "map"),
-                    *(["--static-threshold", "1"] if args.no_mask else [])], check=True)
+                    *(["--static-threshold", "1"] if args.no_mask else []),
+                    *(["--mask", args.mask] if args.mask else [])], check=True)
     answers, loops, latencies = replay(args, work, queries, plan)
     result = score_run(args, plan, answers, loops, a, b)
     seconds = time.monotonic() - start
@@ -251,6 +253,9 @@ def main() -> None:
     print(f"{'frames':<8}{'published':>10}{'loops':>7}{'right':>7}{'wrong':>7}{'far':>5}")
     for key, c in result["counts"].items():
         print(f"{key:<8}{c['frames']:>10}{c['loops']:>7}{c['right']:>7}{c['wrong']:>7}{c['far']:>5}")
+    if result["wrong"]:
+        print("wrong loop closures (query frame -> map frame): "
+              + ", ".join(f"{q} -> {r}" for q, r in result["wrong"]))
     lat = sorted(latencies)
     p50 = statistics.median(lat) if lat else math.nan
     p95 = lat[min(len(lat) - 1, math.ceil(0.95 * len(lat)) - 1)] if lat else math.nan

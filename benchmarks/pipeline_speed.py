@@ -69,6 +69,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="apply dhe_vpr_ros.threads with this many "
                         "(where the package has it; default: its own default)")
     parser.add_argument("--label", default="", help="a prefix for the name=value lines")
+    parser.add_argument("--runtime", default="torch", choices=("torch", "onnxruntime"))
+    parser.add_argument("--onnx", help="with --runtime onnxruntime: the folder `export` wrote")
     args = parser.parse_args()
 
     import torch
@@ -86,7 +88,11 @@ def main() -> None:
     except ImportError:  # an older checkout: what it did, untouched
         pass
     torch.set_grad_enabled(False)
-    model, _ = load_model(None, device=args.device)
+    if args.runtime == "onnxruntime":
+        from dhe_vpr_ros.runtime import load_any_model
+        model, _ = load_any_model(None, None, args.device, None, "onnxruntime", args.onnx)
+    else:
+        model, _ = load_model(None, device=args.device)
     loc = Localizer(model, MapDatabase(model_identity(model)), args.device, "dhe", top_k=args.top_k)
     refs = folder_frames(args.reference or DATA / "database")
     for start in range(0, len(refs), 16):
@@ -122,7 +128,7 @@ def main() -> None:
         for p in procs:
             p.terminate()
     print(f"{len(refs)} map places, top-K {args.top_k}, {args.frames} frames, busy cores beside: {args.busy_cores}, "
-          f"threads: {threads}")
+          f"runtime {args.runtime}, threads: {threads}")
     print(f"{'stage':<16}{'mean ms':>9}{'median':>9}{'p90':>9}")
     lines = []
     prefix = (args.label + "_") if args.label else ""

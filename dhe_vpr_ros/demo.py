@@ -85,12 +85,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         results = _exchange(rclpy, node, out, args.timeout, failures, records)
     finally:
-        if node.poll() is None:
-            node.send_signal(signal.SIGINT)
-            try:
-                node.wait(30)
-            except subprocess.TimeoutExpired:
-                node.kill()
+        stop_node(node)
         node_log.close()
         rclpy.try_shutdown()
     # 3. report
@@ -137,6 +132,17 @@ def run(args: argparse.Namespace) -> int:
     for failure in failures:
         log.error("%s", failure)
     return 1 if failures else 0
+
+
+def stop_node(node: subprocess.Popen, timeout: float = 60.0) -> None:
+    """Ctrl-C for a node subprocess (it saves what it must and exits), a kill if it hangs."""
+    if node.poll() is None:
+        node.send_signal(signal.SIGINT)
+        try:
+            node.wait(timeout)
+        except subprocess.TimeoutExpired:
+            node.kill()
+            node.wait()
 
 
 MARKER = ".dhe_vpr_ros_demo"  # in every folder the demo writes: it may write there again

@@ -165,8 +165,8 @@ class Localizer:
         local, global_ = self.embed(images)
         for place, img in zip(places, images):
             place.image_size = image_size(img)
-        if self.database.preview is None and len(images):  # what static_mask.png is drawn over
-            self.database.preview = np.ascontiguousarray(images[0])
+        if self.database.preview is None and len(images):  # what static_mask.png is drawn over: the
+            self.database.preview = np.ascontiguousarray(max(images, key=lambda im: float(np.std(im))))  # clearest
         return self.database.add(global_, local.half().cpu().numpy(), list(places))
 
     # -- querying --------------------------------------------------------------------------

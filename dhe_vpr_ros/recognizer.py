@@ -36,7 +36,7 @@ AUTO = -1.0  # min_score: the calibrated threshold of the active re-ranker
 # closures you can trust"). Scores are inlier counts (dhe, ransac, magsac) or a cosine (none):
 # the global descriptor alone reached no useful precision, so its threshold is one a cosine
 # never reaches (it publishes matches, not loop closures, unless `calibrate` says otherwise).
-CALIBRATED_MIN_SCORE = {"dhe": 106.0, "ransac": 39.0, "magsac": 33.0, "none": 2.0}
+CALIBRATED_MIN_SCORE = {"dhe": 106.0, "ransac": 127.0, "magsac": 124.0, "none": 2.0}
 _SEQUENCE_FIELDS = {"sequence_length": "length", "sequence_tolerance": "tolerance",
                     "sequence_max_speed": "max_speed", "sequence_min_agreeing": "min_agreeing",
                     "min_distinctiveness": "min_distinctiveness",

@@ -406,6 +406,12 @@ def test_live_parameters_are_validated_and_take_effect(ros, tmp_path, map_dir):
         rejected = _set_params(probe, reranker="magic")[0]
         assert not rejected.successful and "magic" in rejected.reason
         assert not _set_params(probe, map_path="/elsewhere")[0].successful  # read-only
+        for name, bad in (("sequence_length", 0), ("min_distinctiveness", 0.5), ("min_score", -0.5),
+                          ("sequence_max_speed", float("nan"))):
+            rejected = _set_params(probe, **{name: bad})[0]
+            assert not rejected.successful and name in rejected.reason, (name, rejected.reason)
+        assert all(r.successful for r in _set_params(probe, sequence_length=3, min_distinctiveness=1.5))
+        assert all(r.successful for r in _set_params(probe, sequence_length=1, min_distinctiveness=1.0))  # one frame
         # min_score high: the match is still published, the loop closure is not
         assert _set_params(probe, min_score=1e5)[0].successful
         probe.publish_rgb(scene(62), 5000.0)
