@@ -132,7 +132,7 @@ def main() -> None:
     lat, fps, n = run(args.rate, args.seconds, 1000.0)
     _, sustained, n_fast = run(30.0, 15.0, 3000.0)
     for proc in busy:
-        proc.terminate()
+        proc.kill()  # SIGKILL: a forked child keeps rclpy's SIGTERM handler
     node.send_signal(signal.SIGINT)
     node.wait(30)
     p95 = lat[min(len(lat) - 1, math.ceil(0.95 * len(lat)) - 1)]  # nearest rank

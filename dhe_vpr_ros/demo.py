@@ -47,32 +47,16 @@ def run(args: argparse.Namespace) -> int:
     import rclpy
     from rclpy.serialization import serialize_message
 
-    from .build_map import add_frames
-    from .datasets import folder_frames
-    from .debug_image import draw_match
-    from .localizer import Candidate, model_identity
-    from .mapdb import MapDatabase
-    from .runtime import open_localizer
-
     out = Path(args.out).resolve()
     claim_output(out)
     start = time.monotonic()
-    # 1. the map
     log.info("[1/4] building the map from %d bundled photos", len(list((DATA / "database").glob("*.jpg"))))
-    localizer = open_localizer(args.checkpoint, reranker="none", new_map=lambda model, info: MapDatabase(
-        model_identity(model), build_info=info, spill_dir=str(out)))
-    database = localizer.database
-    frames = folder_frames(DATA / "database")
-    for i, frame in enumerate(frames):
-        frame.timestamp_ns = (1000 + 10 * i) * 1_000_000_000  # one place every 10 s of a "first traverse"
-    add_frames(localizer, frames, desc="map")
-    database.save(out / "map", replace=True)  # the folder is the demo's own (claim_output)
-    # 2. the node
+    database, places = _build_map(args, out)
     log.info("[2/4] starting vpr_node (re-ranker %s)", args.reranker)
     params = {"/**": {"ros__parameters": {
         "map_path": str(out / "map"), "checkpoint": args.checkpoint or "", "reranker": args.reranker,
         "image_topics": ["/demo/camera/image_raw"], "image_qos_reliability": "reliable",
-        "top_k": len(frames), "min_time_gap_sec": 0.0, "min_score": 0.0, "sequence_length": 1,
+        "top_k": places, "min_time_gap_sec": 0.0, "min_score": 0.0, "sequence_length": 1,
         "diagnostics_period_sec": 1.0}}}  # the demo queries are unrelated places, not a route
     params_file = out / "demo_params.yaml"
     params_file.write_text(json.dumps(params))
@@ -88,10 +72,47 @@ def run(args: argparse.Namespace) -> int:
         stop_node(node)
         node_log.close()
         rclpy.try_shutdown()
-    # 3. report
     log.info("[3/4] results")
+    right, right_global, n, panels = _report(args, database, results)
+    log.info("[4/4] writing %s and %s", out / "matches.png", out / "session_bag")
+    _write_picture(out / "matches.png", panels)
+    _write_bag(out / "session_bag", records, serialize_message)
+    summary = {"recall@1": {args.reranker: 100.0 * right / n, "global_only": 100.0 * right_global / n},
+               "queries": n, "answered": len(results), "seconds": time.monotonic() - start, "failures": failures}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    sys.stdout.write(f"wrote {out / 'matches.png'}, {out / 'session_bag'} in {summary['seconds']:.0f} s\n")
+    for failure in failures:
+        log.error("%s", failure)
+    return 1 if failures else 0
+
+
+def _build_map(args: argparse.Namespace, out: Path):
+    """The bundled reference photos -> out/map; returns the map and its number of places."""
+    from .build_map import add_frames
+    from .datasets import folder_frames
+    from .localizer import model_identity
+    from .mapdb import MapDatabase
+    from .runtime import open_localizer
+
+    localizer = open_localizer(args.checkpoint, reranker="none", new_map=lambda model, info: MapDatabase(
+        model_identity(model), build_info=info, spill_dir=str(out)))
+    frames = folder_frames(DATA / "database")
+    for i, frame in enumerate(frames):
+        frame.timestamp_ns = (1000 + 10 * i) * 1_000_000_000  # one place every 10 s of a "first traverse"
+    add_frames(localizer, frames, desc="map")
+    localizer.database.save(out / "map", replace=True)  # the folder is the demo's own (claim_output)
+    return localizer.database, len(frames)
+
+
+def _report(args: argparse.Namespace, database, results: dict) -> tuple[int, int, int, list]:
+    """Print each query's answer against its true place; returns (right, right by the global
+    descriptor alone, queries, picture panels)."""
+    from .datasets import folder_frames
+    from .debug_image import draw_match
+    from .localizer import Candidate
+
     queries = folder_frames(DATA / "queries")
-    right_dhe = right_global = 0
+    right = right_global = 0
     lines = [f"{'query':<28} {'matched place':<26} {'score':>7} {'right':>6}   {'global-only':<26}"]
     panels = []
     for i, query in enumerate(queries):
@@ -102,36 +123,32 @@ def run(args: argparse.Namespace) -> int:
         match, top = got
         place = database.places[int(match[1])]
         global_best = int(top[np.argmax(top[:, 2]), 0])
-        right_dhe += int(match[1]) == i
+        ok = int(match[1]) == i
+        right += ok
         right_global += global_best == i
         global_name = Path(database.places[global_best].source).name
         lines.append(f"{Path(query.source).name:<28} {Path(place.source).name:<26} {match[2]:>7.1f} "
-                     f"{'yes' if int(match[1]) == i else 'NO':>6}   {global_name:<26}")
+                     f"{'yes' if ok else 'NO':>6}   {global_name:<26}")
         cand = Candidate(place, float(match[2]), float(match[3]), np.array(match[5:14]).reshape(3, 3))
-        ok = int(match[1]) == i
         panels.append(draw_match(query.load(), cand, np.zeros((0, 2, 2)), 200,
                                  f"q{i} -> place {place.place_id} ({'right' if ok else 'WRONG'})",
                                  (0, 220, 0) if ok else (230, 0, 0)))
     n = len(queries)
     sys.stdout.write("\n".join(lines) + "\n")
-    sys.stdout.write(f"Recall@1 with {args.reranker} re-ranking: {100.0 * right_dhe / n:.1f} % ({right_dhe}/{n})\n")
+    sys.stdout.write(f"Recall@1 with {args.reranker} re-ranking: {100.0 * right / n:.1f} % ({right}/{n})\n")
     sys.stdout.write(f"Recall@1 global descriptor only:    {100.0 * right_global / n:.1f} % ({right_global}/{n})\n")
-    # 4. files
-    log.info("[4/4] writing %s and %s", out / "matches.png", out / "session_bag")
-    if panels:
-        width = max(p.shape[1] for p in panels)
-        rows = [np.pad(p, ((0, 4), (0, width - p.shape[1]), (0, 0))) for p in panels]
-        cols = [np.concatenate(rows[j::2] + ([np.zeros_like(rows[0])] if len(rows[j::2]) < len(rows[0::2]) else []))
-                for j in (0, 1)]
-        cv2.imwrite(str(out / "matches.png"), cv2.cvtColor(np.concatenate(cols, axis=1), cv2.COLOR_RGB2BGR))
-    _write_bag(out / "session_bag", records, serialize_message)
-    summary = {"recall@1": {args.reranker: 100.0 * right_dhe / n, "global_only": 100.0 * right_global / n},
-               "queries": n, "answered": len(results), "seconds": time.monotonic() - start, "failures": failures}
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    sys.stdout.write(f"wrote {out / 'matches.png'}, {out / 'session_bag'} in {summary['seconds']:.0f} s\n")
-    for failure in failures:
-        log.error("%s", failure)
-    return 1 if failures else 0
+    return right, right_global, n, panels
+
+
+def _write_picture(path: Path, panels: list) -> None:
+    """The answer panels in two columns."""
+    if not panels:
+        return
+    width = max(p.shape[1] for p in panels)
+    rows = [np.pad(p, ((0, 4), (0, width - p.shape[1]), (0, 0))) for p in panels]
+    cols = [np.concatenate(rows[j::2] + ([np.zeros_like(rows[0])] if len(rows[j::2]) < len(rows[0::2]) else []))
+            for j in (0, 1)]
+    cv2.imwrite(str(path), cv2.cvtColor(np.concatenate(cols, axis=1), cv2.COLOR_RGB2BGR))
 
 
 def stop_node(node: subprocess.Popen, timeout: float = 60.0) -> None:

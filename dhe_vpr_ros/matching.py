@@ -61,25 +61,40 @@ def mutual_nearest_neighbours(query: torch.Tensor, candidates: torch.Tensor,
     candidates: (K, C, H', W'). usable: (H*W,) bool, the grid cells that may take part (same
     grid for query and candidates; None: all): a masked cell neither matches nor is matched,
     so it adds nothing to any score and changes no match between usable cells.
-    Returns Matches with (K, H*W) tensors. Cost: one (K, N, M) similarity tensor.
+    Returns Matches with (K, H*W) tensors. Cost: one (K, N, M) similarity tensor, over the
+    usable cells only when some are masked (a third of the grid under a fisheye ring).
     """
     q = _flatten(query)
     c = _flatten(candidates)
     if q.dim() == 2:
         q = q.unsqueeze(0)
-    # (K or 1, N, C) @ (K, C, M) -> (K, N, M)
-    similarity = torch.matmul(q.transpose(-1, -2), c)
-    if usable is not None:
-        masked = ~usable.to(similarity.device)
-        similarity = similarity.masked_fill(masked[None, :, None] | masked[None, None, :], float("-inf"))
+    if usable is not None and not bool(usable.all()):
+        return _mutual_among(q, c, usable.to(q.device).nonzero().squeeze(1))
+    partner, mutual = _mutual(q, c)
+    return Matches(partner=partner, valid=mutual)
+
+
+def _mutual(q: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(K or 1, C, N) and (K, C, M) -> each query cell's best candidate cell (K, N), and whether
+    that cell's best is the query cell again (K, N)."""
+    similarity = torch.matmul(q.transpose(-1, -2), c)  # (K, N, M)
     best_in_candidate = similarity.argmax(dim=-1)  # (K, N)
     best_in_query = similarity.argmax(dim=-2)  # (K, M)
     back = best_in_query.gather(-1, best_in_candidate)  # (K, N)
     positions = torch.arange(similarity.shape[-2], device=similarity.device)
-    valid = back == positions
-    if usable is not None:
-        valid = valid & ~masked[None, :] & ~masked[best_in_candidate]
-    return Matches(partner=best_in_candidate, valid=valid)
+    return best_in_candidate, back == positions
+
+
+def _mutual_among(q: torch.Tensor, c: torch.Tensor, cells: torch.Tensor) -> Matches:
+    """Mutual NN among ``cells`` (U,) only, returned on the whole grid (masked cells: invalid)."""
+    k = max(q.shape[0], c.shape[0])
+    partner = torch.zeros(k, q.shape[-1], dtype=torch.long, device=q.device)
+    valid = torch.zeros(k, q.shape[-1], dtype=torch.bool, device=q.device)
+    if cells.numel():
+        partner_among, mutual = _mutual(q[..., cells], c[..., cells])
+        partner[:, cells] = cells[partner_among]
+        valid[:, cells] = mutual
+    return Matches(partner=partner, valid=valid)
 
 
 def reprojection_errors(homographies: torch.Tensor, query_keypoints: torch.Tensor,

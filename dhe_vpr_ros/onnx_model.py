@@ -224,6 +224,9 @@ def _session(path: Path, threads: int | None):
     if threads:
         options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
+    # onnxruntime's threads spin after each run by default: on a shared CPU that takes the cores
+    # torch's refinement and the neighbours need next (the OMP_WAIT_POLICY=PASSIVE of onnxruntime)
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
         return ort.InferenceSession(str(path), options, providers=_providers())
     except Exception as exc:  # onnxruntime raises its own types for malformed graphs
