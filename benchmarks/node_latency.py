@@ -21,6 +21,7 @@ import json
 import os
 import math
 import random
+import shutil
 import signal
 import statistics
 import subprocess
@@ -135,6 +136,7 @@ def main() -> None:
         proc.kill()  # SIGKILL: a forked child keeps rclpy's SIGTERM handler
     node.send_signal(signal.SIGINT)
     node.wait(30)
+    shutil.rmtree(work, ignore_errors=True)
     p95 = lat[min(len(lat) - 1, math.ceil(0.95 * len(lat)) - 1)]  # nearest rank
     print(f"{'map places':<12} {'device':<7} {'reranker':<9} {'busy':>5} {'rate Hz':>8} {'frames':>7} "
           f"{'median ms':>10} {'p95 ms':>8} {'sustained fps (30 Hz in)':>25}")

@@ -34,6 +34,7 @@ import logging
 import math
 import os
 import shutil
+import tempfile
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -239,6 +240,10 @@ class _SpillFile:
 
     def __init__(self, shape: tuple[int, int, int], directory: str | None):
         self.row_shape = shape
+        stale = remove_stale(directory or tempfile.gettempdir(), self.PREFIX, self.SUFFIX)  # of killed processes
+        if stale:
+            log.info("removed %d spilled-grid files of processes that are gone: %s", len(stale),
+                     ", ".join(str(p) for p in stale))
         try:
             fd, self.path = unnamed_tempfile(directory), None
         except OSError:

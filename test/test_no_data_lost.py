@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -230,6 +231,23 @@ def test_a_killed_process_leaves_no_spilled_grids_in_the_temp_folder(tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert list(tmp.iterdir()) == []
+
+
+def test_named_spills_of_gone_processes_are_removed_and_a_live_one_is_kept(tmp_path):
+    """Case 10 where a spill has a name (an older version, a file system without O_TMPFILE): the
+    next map that spills into that folder removes the dead ones, never one a process still holds."""
+    from dhe_vpr_ros.atomic import locked_tempfile
+    dead = tmp_path / ".grids-dead.spill"
+    dead.write_bytes(b"\0" * 4096)
+    live_fd, live = locked_tempfile(str(tmp_path), ".grids-", ".spill")
+    try:
+        db = MapDatabase(ModelIdentity("efficientnet_lite0", "abc123", 384, (8, 4, 4), 16), spill_dir=str(tmp_path))
+        db.add(np.random.rand(2, 16).astype("float32"), np.ones((2, 8, 4, 4), "float16"))
+        assert not dead.exists() and Path(live).exists()
+        assert db.local_features([1]).shape == (1, 8, 4, 4)
+    finally:
+        os.close(live_fd)
+        os.unlink(live)
 
 
 @pytest.mark.parametrize("storage", ["mcap", "sqlite3"])

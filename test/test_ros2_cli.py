@@ -65,7 +65,8 @@ class Launch:
         self.log_path = log
         self.log = open(log, "w")
         self.proc = subprocess.Popen(["bash", "-c", f"source {SETUP} && exec ros2 launch dhe_vpr_ros {args}"],
-                                     env=ENV, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
+                                     env={**ENV, "TMPDIR": str(log.parent)},  # launch_ros's params files
+                                     stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
                                      cwd=REPO)
 
     def text(self) -> str:
@@ -169,8 +170,9 @@ def test_launch_testing_publishes_an_image_and_receives_a_match(tmp_path, demo_m
     params = tmp_path / "reliable.yaml"  # reliable image QoS: a 480x384 frame crosses processes whole
     params.write_text("/**:\n  ros__parameters:\n    image_qos_reliability: reliable\n")
     image = sorted(DEMO.glob("03_*.jpg"))[0]
-    result = sh(f"DHE_VPR_TEST_MAP={demo_map} DHE_VPR_TEST_PARAMS={params} DHE_VPR_TEST_IMAGE={image} "
-                f"DHE_VPR_TEST_PLACE=3 launch_test test/launch/launch_vpr_match.py", timeout=300)
+    result = sh(f"TMPDIR={tmp_path} DHE_VPR_TEST_MAP={demo_map} DHE_VPR_TEST_PARAMS={params} "
+                f"DHE_VPR_TEST_IMAGE={image} DHE_VPR_TEST_PLACE=3 launch_test test/launch/launch_vpr_match.py",
+                timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "test_an_image_gets_a_match_for_its_place" in result.stdout + result.stderr
 
@@ -190,6 +192,25 @@ def test_calibrate_writes_a_params_file_that_the_launch_file_loads(tmp_path, dem
         for name in ("reranker", "min_score", "sequence_length", "min_distinctiveness"):
             shown = str(values[name])
             assert shown in sh_until(f"ros2 param get /vpr_node {name}", shown), name
+    finally:
+        code = launch.ctrl_c()
+    assert code == 0 and "Traceback" not in launch.text(), launch.text()
+
+
+def test_launch_runs_the_exported_model_on_onnxruntime(tmp_path, demo_map):
+    """`ros2 run dhe_vpr_ros export_onnx`, then `ros2 launch ... runtime:=onnxruntime onnx_dir:=`:
+    the node runs the exported files on the demo map (built with PyTorch: the same identity)."""
+    pytest.importorskip("onnxruntime")
+    onnx = tmp_path / "onnx"
+    result = sh(f"ros2 run dhe_vpr_ros export_onnx --out {onnx}", timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert (onnx / "regressor.onnx").is_file() and (onnx / "model.json").is_file()
+    launch = Launch(f"vpr.launch.py map_path:={demo_map} runtime:=onnxruntime onnx_dir:={onnx}",
+                    tmp_path / "launch.log")
+    try:
+        launch.wait_for("active: listening")
+        assert "onnxruntime" in sh_until("ros2 param get /vpr_node runtime", "onnxruntime")
+        assert f"runtime onnxruntime: {onnx}" in launch.text()
     finally:
         code = launch.ctrl_c()
     assert code == 0 and "Traceback" not in launch.text(), launch.text()

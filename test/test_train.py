@@ -82,7 +82,7 @@ def test_resume_gives_the_same_weights_as_a_straight_run(tmp_path, photos):
 
 def test_ddp_two_gloo_processes_agree_on_the_weights(tmp_path, photos):
     out = tmp_path / "ddp"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TMPDIR": str(tmp_path)}  # torchelastic_* folders
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
                            "--master_port", str(29500 + os.getpid() % 1000), "-m", "dhe_vpr_ros", "train",
                            "--images", str(photos), "--out", str(out), "--epochs", "1", "--batch-size", "2",
