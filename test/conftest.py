@@ -1,10 +1,26 @@
 # Copyright 2026 dhe_vpr_ros maintainers
 # SPDX-License-Identifier: Apache-2.0
-"""Shared fixtures: deterministic seeds and small synthetic images with known structure."""
+"""Shared fixtures: deterministic seeds, small synthetic images with known structure, and torch's
+own caches kept inside the test run's temporary folder."""
+import os
+
 import cv2
 import numpy as np
 import pytest
 import torch
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _torch_caches_in_the_test_folder(tmp_path_factory):
+    """An optimizer step loads torch's compiler, which makes /tmp/torchinductor_USER: keep it (and
+    what subprocesses make) under pytest's temporary folder instead."""
+    saved = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(tmp_path_factory.mktemp("torchinductor"))
+    yield
+    if saved is None:
+        del os.environ["TORCHINDUCTOR_CACHE_DIR"]
+    else:
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = saved
 
 
 @pytest.fixture(autouse=True)
