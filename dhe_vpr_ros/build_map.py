@@ -21,7 +21,7 @@ from .localizer import Localizer, model_identity
 from .arguments import count, number
 from .atomic import LockTimeout, writer_lock
 from .mapdb import MapDatabase, MapError, Place, check_place, check_replaceable
-from .runtime import open_localizer
+from .runtime import RUNTIMES, open_localizer
 from .static_mask import DEFAULT_THRESHOLD, MaskSettings, user_mask
 
 log = logging.getLogger(__name__)
@@ -134,7 +134,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (cuda falls back to cpu)")
     parser.add_argument("--threads", type=count(0, 256), default=0,
                         help="CPU threads for the network (0: the CPUs available, at most 4; see README)")
-    parser.add_argument("--runtime", choices=("torch", "onnxruntime"), default="torch",
+    parser.add_argument("--runtime", choices=RUNTIMES, default="torch",
                         help="run the networks in PyTorch, or the exported ONNX files (--onnx) in onnxruntime")
     parser.add_argument("--onnx", help="with --runtime onnxruntime: the folder `export` wrote")
 

@@ -30,7 +30,7 @@ from .atomic import atomic_write
 from .build_map import add_model_arguments
 from .evaluate import add_run_arguments, open_run, record, sequence_answers
 from .precision import precision_curve
-from .recognizer import LoopPolicy
+from .recognizer import LOOP_CLOSURE_PARAMETERS, LoopPolicy
 from .rerank import DEFAULT_REFINE_ROUNDS, MAX_REFINE_ROUNDS, RERANKERS
 
 __all__ = ["Calibration", "MARKER", "calibrate", "operating_point", "write_params"]
@@ -102,8 +102,7 @@ def calibrate(run, ranked, reranker: str, top_k: int, target: float, base: LoopP
 def params_yaml(cal: Calibration, source: str, node_name: str = "/**") -> str:
     """The parameters file: the ranking and loop-closure settings, measured figures as comments."""
     values = {"reranker": cal.reranker, "top_k": cal.top_k,
-              **{f.name: getattr(cal.policy, f.name) for f in fields(LoopPolicy)
-                 if f.name == "min_score" or "sequence" in f.name or "distinctiveness" in f.name}}
+              **{name: getattr(cal.policy, name) for name in LOOP_CLOSURE_PARAMETERS}}
     floats = {f.name for f in fields(LoopPolicy) if f.type in ("float", float)}
     lines = [MARKER + f" on {datetime.date.today().isoformat()}: re-ranker {cal.reranker}, target precision "
                       f"{cal.target:g}",

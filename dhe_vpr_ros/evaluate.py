@@ -35,7 +35,7 @@ from .build_map import add_frames, add_model_arguments, add_ranking_arguments
 from .groundtruth import GroundTruthError, LabelledRun, folder_pair, geo_run
 from .localizer import Localizer, clock
 from .precision import precision_curve, summarize
-from .recognizer import LoopPolicy
+from .recognizer import LOOP_CLOSURE_PARAMETERS, SEQUENCE_PARAMETERS, LoopPolicy
 from .rerank import RERANKERS
 from .runtime import open_localizer
 from .sequence import SequenceVerifier
@@ -180,8 +180,7 @@ def report_of(run: LabelledRun, recorded: RecordedRun, top_k: int, num_places: i
     }
     if sequence:
         report["sequence"] = {
-            "settings": {f.name: getattr(policy, f.name) for f in fields(LoopPolicy) if "sequence" in f.name
-                         or "distinctiveness" in f.name},
+            "settings": {name: getattr(policy, name) for name in SEQUENCE_PARAMETERS},
             "precision": {name: sequence_answers(run, recorded.rankings[name], policy, name).summary(
                 policy.threshold(name)) for name in rerankers}}
     return report
@@ -270,13 +269,12 @@ def labelled_run(args: argparse.Namespace) -> LabelledRun:
 def add_policy_arguments(parser: argparse.ArgumentParser) -> None:
     """The node's loop-closure settings, same names, defaults and meaning (``node_params``)."""
     from .node_params import PARAMETERS
-    for f in fields(LoopPolicy):
-        if f.name == "min_score" or "sequence" in f.name or "distinctiveness" in f.name:
-            spec = PARAMETERS[f.name]
-            low, high = spec.bounds
-            kind = count(low, high) if isinstance(spec.default, int) else number(low, high)
-            parser.add_argument("--" + f.name.replace("_", "-"), type=kind, default=spec.default,
-                                help=f"{spec.description} (the node's {f.name}; default {spec.default:g})")
+    for name in LOOP_CLOSURE_PARAMETERS:
+        spec = PARAMETERS[name]
+        low, high = spec.bounds
+        kind = count(low, high) if isinstance(spec.default, int) else number(low, high)
+        parser.add_argument("--" + name.replace("_", "-"), type=kind, default=spec.default,
+                            help=f"{spec.description} (the node's {name}; default {spec.default:g})")
 
 
 def policy_from_args(args: argparse.Namespace) -> LoopPolicy:

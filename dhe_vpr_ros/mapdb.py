@@ -437,15 +437,15 @@ class MapDatabase:
             self._spill = None
 
     def _check_unchanged(self, target: Path, replace: bool) -> None:
-        if replace or not is_map(target):
+        manifest = None if replace else _map_manifest(target)
+        if manifest is None:
             return
-        now = _revision(target)
         if str(target) not in self._known:
             raise MapError(f"refusing to replace the map {target}: this process did not open or write it (nothing "
                            "was changed); to add to it open it first (build-map --append, the node's map_path), or "
                            "choose a new path")
-        if self._known[str(target)] != now:
-            others = _field(json.loads((target / MANIFEST).read_text()), "num_places", int)
+        if self._known[str(target)] != _revision(manifest):
+            others = _field(manifest, "num_places", int)
             raise MapError(f"the map {target} was changed by another process since it was read here (it now has "
                            f"{others} places, this copy {len(self)}): nothing was saved, to lose neither; save to "
                            "a new path, or open the map again and add to that")
@@ -576,12 +576,9 @@ def _remove_when_unread(directory: Path) -> None:
         os.close(fd)
 
 
-def _revision(path: Path) -> str:
+def _revision(manifest: dict) -> str:
     """The revision a map's manifest records ("" for maps written before revisions existed)."""
-    try:
-        value = json.loads((path / MANIFEST).read_text(encoding="utf-8")).get("revision")
-    except (OSError, ValueError, AttributeError):
-        return ""
+    value = manifest.get("revision")
     return value if isinstance(value, str) else ""
 
 
@@ -729,10 +726,16 @@ def read_places(path: Path, num: int, root: Path | None = None) -> list[Place]:
 
 def is_map(path: Path) -> bool:
     """A directory holding a dhe_vpr_ros manifest (whatever its state)."""
+    return _map_manifest(path) is not None
+
+
+def _map_manifest(path: Path) -> dict | None:
+    """The manifest of the dhe_vpr_ros map at ``path`` as read, unchecked; None when it holds none."""
     try:
-        return json.loads((path / MANIFEST).read_text(encoding="utf-8")).get("format") == FORMAT
-    except (OSError, UnicodeDecodeError, ValueError, AttributeError):
-        return False
+        manifest = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    return manifest if isinstance(manifest, dict) and manifest.get("format") == FORMAT else None
 
 
 def check_replaceable(target: Path) -> None:

@@ -18,6 +18,7 @@ from .image_conversion import MAX_PIXELS
 from .mapdb import is_map
 from .recognizer import AUTO, CALIBRATED_MIN_SCORE, LoopPolicy
 from .rerank import DEFAULT_REFINE_ROUNDS, MAX_REFINE_ROUNDS, RERANKERS
+from .runtime import RUNTIMES
 from .sequence import SequenceSettings
 
 __all__ = ["LIVE", "PARAMETERS", "ParamSpec", "ParameterProblem", "check_live", "check_startup", "config_yaml",
@@ -147,8 +148,8 @@ def check_startup(p: dict) -> None:
     if not topics or any(not str(t).strip() for t in topics):
         raise ParameterProblem(f"image_topics must list at least one camera topic, without empty names "
                                f"(got {topics})")
-    if p["runtime"] not in ("torch", "onnxruntime"):
-        raise ParameterProblem(f"runtime must be torch or onnxruntime, not {p['runtime']!r}")
+    if p["runtime"] not in RUNTIMES:
+        raise ParameterProblem(f"runtime must be {' or '.join(RUNTIMES)}, not {p['runtime']!r}")
     if p["image_qos_reliability"] not in ("best_effort", "reliable"):
         raise ParameterProblem("image_qos_reliability must be best_effort or reliable, "
                                f"not {p['image_qos_reliability']!r}")

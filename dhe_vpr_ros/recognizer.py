@@ -27,8 +27,8 @@ from .localizer import Candidate, Localizer, QueryResult
 from .mapdb import Place, Pose
 from .sequence import SequenceSettings, SequenceVerifier, Verdict
 
-__all__ = ["AUTO", "CALIBRATED_MIN_SCORE", "FrameSlots", "LoopPolicy", "PlaceRecognizer", "Recognition",
-           "pose_variance_scale"]
+__all__ = ["AUTO", "CALIBRATED_MIN_SCORE", "FrameSlots", "LOOP_CLOSURE_PARAMETERS", "LoopPolicy",
+           "PlaceRecognizer", "Recognition", "SEQUENCE_PARAMETERS", "pose_variance_scale"]
 
 AUTO = -1.0  # min_score: the calibrated threshold of the active re-ranker
 # The sequence score each re-ranker must reach for a loop closure with the default sequence
@@ -41,6 +41,10 @@ _SEQUENCE_FIELDS = {"sequence_length": "length", "sequence_tolerance": "toleranc
                     "sequence_max_speed": "max_speed", "sequence_min_agreeing": "min_agreeing",
                     "min_distinctiveness": "min_distinctiveness",
                     "distinctiveness_neighbourhood": "neighbourhood"}
+# The LoopPolicy fields of the sequence verification, and with min_score all that decides whether
+# a match is a loop closure: what `calibrate` writes, `evaluate` takes as options and reports.
+SEQUENCE_PARAMETERS = tuple(_SEQUENCE_FIELDS)
+LOOP_CLOSURE_PARAMETERS = ("min_score", *SEQUENCE_PARAMETERS)
 
 
 @dataclass(frozen=True)
