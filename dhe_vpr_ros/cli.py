@@ -10,6 +10,8 @@ import signal
 import sys
 from typing import Callable
 
+from .arguments import count
+
 log = logging.getLogger("dhe_vpr_ros")
 
 
@@ -44,8 +46,8 @@ def add_model_info(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", help="describe this checkpoint")
     parser.add_argument("--backbone", default="efficientnet_lite0", help="without --checkpoint: backbone name")
     parser.add_argument("--regressor", default=None, help="without --checkpoint: regressor preset (paper|light)")
-    parser.add_argument("--threads", type=int, default=0, help="report the thread settings this many threads give "
-                        "(0: the default)")
+    parser.add_argument("--threads", type=count(0, 256), default=0,
+                        help="report the thread settings this many threads give (0: the default)")
 
 
 def run_map_info(path: str, threads: str) -> int:
