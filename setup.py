@@ -8,16 +8,16 @@ PACKAGE = "dhe_vpr_ros"
 
 # Each console script is both `python -m dhe_vpr_ros <command>` and `ros2 run dhe_vpr_ros <name>`.
 CONSOLE_SCRIPTS = [
-    "dhe_vpr_ros = dhe_vpr_ros.cli:main",
-    "convert_checkpoint = dhe_vpr_ros.cli:convert_checkpoint_main",
-    "model_info = dhe_vpr_ros.cli:model_info_main",
-    "build_map = dhe_vpr_ros.cli:build_map_main",
-    "query = dhe_vpr_ros.cli:query_main",
-    "evaluate = dhe_vpr_ros.cli:evaluate_main",
-    "calibrate = dhe_vpr_ros.cli:calibrate_main",
-    "export_onnx = dhe_vpr_ros.cli:export_main",
-    "train = dhe_vpr_ros.cli:train_main",
-    "vpr_node = dhe_vpr_ros.node:main",
+    "dhe_vpr_ros = dhe_vpr_ros.commands.cli:main",
+    "convert_checkpoint = dhe_vpr_ros.commands.cli:convert_checkpoint_main",
+    "model_info = dhe_vpr_ros.commands.cli:model_info_main",
+    "build_map = dhe_vpr_ros.commands.cli:build_map_main",
+    "query = dhe_vpr_ros.commands.cli:query_main",
+    "evaluate = dhe_vpr_ros.commands.cli:evaluate_main",
+    "calibrate = dhe_vpr_ros.commands.cli:calibrate_main",
+    "export_onnx = dhe_vpr_ros.commands.cli:export_main",
+    "train = dhe_vpr_ros.commands.cli:train_main",
+    "vpr_node = dhe_vpr_ros.ros.process:main",
 ]
 
 setup(

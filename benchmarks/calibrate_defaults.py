@@ -38,15 +38,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dhe_vpr_ros.datasets import folder_frames
-from dhe_vpr_ros.evaluate import FAR_FRAMES, Ranked, sequence_answers
-from dhe_vpr_ros.groundtruth import LabelledRun
-from dhe_vpr_ros.localizer import Localizer, model_identity
-from dhe_vpr_ros.mapdb import MapDatabase, Place
-from dhe_vpr_ros.rerank import MIN_VERIFIED_INLIERS, RERANKERS, _order, _verified_order
-from dhe_vpr_ros.recognizer import LoopPolicy
-from dhe_vpr_ros.runtime import load_model
-from dhe_vpr_ros.sequence import SequenceSettings
+from dhe_vpr_ros.map.sources import folder_frames
+from dhe_vpr_ros.loop.evaluation import FAR_FRAMES, Ranked, sequence_answers
+from dhe_vpr_ros.loop.groundtruth import LabelledRun
+from dhe_vpr_ros.method.identity import model_identity
+from dhe_vpr_ros.method.localizer import Localizer
+from dhe_vpr_ros.map.database import MapDatabase
+from dhe_vpr_ros.map.records import Place
+from dhe_vpr_ros.method.rerank import MIN_VERIFIED_INLIERS, RERANKERS, _order, _verified_order
+from dhe_vpr_ros.loop.policy import LoopPolicy
+from dhe_vpr_ros.runtime.loading import load_model
+from dhe_vpr_ros.loop.sequence import SequenceSettings
 
 TOLERANCE = 2
 DEPTH = 32  # retrieved and recorded per query; the node re-ranks its top_k of them

@@ -34,7 +34,7 @@ if "$PY" -c "import onnxruntime" 2>/dev/null; then
 import time
 import numpy as np
 import onnxruntime as ort
-from dhe_vpr_ros.onnx_model import load_onnx_model
+from dhe_vpr_ros.runtime.onnx import load_onnx_model
 model = load_onnx_model("/tmp/gpu_onnx")
 print("providers", model.providers)
 rng = np.random.default_rng(0)

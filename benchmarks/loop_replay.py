@@ -99,7 +99,7 @@ def write_bag(path: Path, images: list[np.ndarray], indices: list[int], t0: floa
 
 
 def read_images(folder: Path) -> list[np.ndarray]:
-    from dhe_vpr_ros.datasets import folder_frames
+    from dhe_vpr_ros.map.sources import folder_frames
     return [f.load() for f in folder_frames(folder)]
 
 
@@ -110,7 +110,7 @@ def replay(args, work: Path, queries: list[np.ndarray], plan: list[int]) -> tupl
     from sensor_msgs.msg import Image
     from std_msgs.msg import Float64MultiArray
 
-    from dhe_vpr_ros.demo import stop_node
+    from dhe_vpr_ros.ros.demo_client import stop_node
     from dhe_vpr_ros.image_conversion import rgb_to_fields
 
     params = {"map_path": str(work / "map"), "image_topics": [IMAGE_TOPIC], "image_qos_reliability": "reliable"}
@@ -174,7 +174,7 @@ def region(query: int, a: int, b: int) -> str:
 
 def score_run(args, plan, answers, loops, a, b) -> dict:
     """Loop closures judged against the frame-index truth, and the single-frame curve of ~/match."""
-    from dhe_vpr_ros.precision import precision_curve, summarize
+    from dhe_vpr_ros.loop.precision import precision_curve, summarize
     counts = {r: {"frames": 0, "loops": 0, "right": 0, "wrong": 0, "far": 0} for r in ("in map", "edge", "beyond")}
     wrong = []  # (query frame, map frame) of every wrong loop closure
     for i in plan:

@@ -31,7 +31,9 @@ from pathlib import Path
 
 import numpy as np
 
-from dhe_vpr_ros.mapdb import LOCAL_GRIDS, MapDatabase, ModelIdentity
+from dhe_vpr_ros.map.database import MapDatabase
+from dhe_vpr_ros.map.format import LOCAL_GRIDS
+from dhe_vpr_ros.method.identity import ModelIdentity
 
 GRIDS = {"light": ((112, 24, 24), 320), "cct": ((384, 24, 24), 384)}
 

@@ -60,17 +60,19 @@ def main() -> None:
     from sensor_msgs.msg import Image
     from std_msgs.msg import Float64MultiArray
 
-    from dhe_vpr_ros.datasets import folder_frames
-    from dhe_vpr_ros.demo import DATA
+    from dhe_vpr_ros.map.sources import folder_frames
+    from dhe_vpr_ros.commands.demo import DATA
     from dhe_vpr_ros.image_conversion import rgb_to_fields
-    from dhe_vpr_ros.localizer import Localizer, model_identity
-    from dhe_vpr_ros.mapdb import MapDatabase, Place
-    from dhe_vpr_ros.runtime import load_model
+    from dhe_vpr_ros.method.identity import model_identity
+    from dhe_vpr_ros.method.localizer import Localizer
+    from dhe_vpr_ros.map.database import MapDatabase
+    from dhe_vpr_ros.map.records import Place
+    from dhe_vpr_ros.runtime.loading import load_model
 
     work = Path(tempfile.mkdtemp(prefix="node_latency-"))
     model, info = load_model(args.checkpoint or None, args.backbone or None, device=args.device)
     if not args.checkpoint and args.backbone:  # a randomly initialised backbone: the node must load the same one
-        from dhe_vpr_ros.models import save_checkpoint
+        from dhe_vpr_ros.method.models import save_checkpoint
         args.checkpoint = str(work / "model.pt")
         save_checkpoint(args.checkpoint, model)
     db = MapDatabase(model_identity(model), build_info=info)

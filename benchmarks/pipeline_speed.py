@@ -47,7 +47,7 @@ def timed(samples: dict, name: str, fn, *args):
 
 def dhe_parts(loc, reranker, query_local, candidates, samples) -> None:
     """DHE's stages one after another, as DHEReranker runs them (matching, regressor, refine, count)."""
-    from dhe_vpr_ros.matching import count_inliers, grid_keypoints, mutual_nearest_neighbours
+    from dhe_vpr_ros.method.matching import count_inliers, grid_keypoints, mutual_nearest_neighbours
     h, w = query_local.shape[-2:]
     kps = grid_keypoints(h, w, reranker.stride, device=query_local.device)
     matches = timed(samples, "dhe.matching", mutual_nearest_neighbours, query_local, candidates)
@@ -66,7 +66,7 @@ def main() -> None:
     parser.add_argument("--top-k", type=int, default=16, help="the node's default")
     parser.add_argument("--rerankers", default="dhe,ransac,magsac")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int, default=None, help="apply dhe_vpr_ros.threads with this many "
+    parser.add_argument("--threads", type=int, default=None, help="apply dhe_vpr_ros.runtime.threads with this many "
                         "(where the package has it; default: its own default)")
     parser.add_argument("--label", default="", help="a prefix for the name=value lines")
     parser.add_argument("--runtime", default="torch", choices=("torch", "onnxruntime"))
@@ -75,21 +75,23 @@ def main() -> None:
 
     import torch
 
-    from dhe_vpr_ros.datasets import folder_frames
-    from dhe_vpr_ros.demo import DATA
+    from dhe_vpr_ros.map.sources import folder_frames
+    from dhe_vpr_ros.commands.demo import DATA
     from dhe_vpr_ros.image_conversion import rgb_to_fields, to_rgb
-    from dhe_vpr_ros.localizer import Localizer, model_identity
-    from dhe_vpr_ros.mapdb import MapDatabase, Place
-    from dhe_vpr_ros.runtime import load_model
+    from dhe_vpr_ros.method.identity import model_identity
+    from dhe_vpr_ros.method.localizer import Localizer
+    from dhe_vpr_ros.map.database import MapDatabase
+    from dhe_vpr_ros.map.records import Place
+    from dhe_vpr_ros.runtime.loading import load_model
     threads = "package defaults"
     try:
-        from dhe_vpr_ros.threads import configure_threads
+        from dhe_vpr_ros.runtime.threads import configure_threads
         threads = configure_threads(args.threads).describe()
     except ImportError:  # an older checkout: what it did, untouched
         pass
     torch.set_grad_enabled(False)
     if args.runtime == "onnxruntime":
-        from dhe_vpr_ros.runtime import load_any_model
+        from dhe_vpr_ros.runtime.loading import load_any_model
         model, _ = load_any_model(None, None, args.device, None, "onnxruntime", args.onnx)
     else:
         model, _ = load_model(None, device=args.device)

@@ -29,12 +29,14 @@ import cv2
 import numpy as np
 import torch
 
-from dhe_vpr_ros.datasets import folder_frames
-from dhe_vpr_ros.demo import DATA
-from dhe_vpr_ros.localizer import Localizer, model_identity
-from dhe_vpr_ros.mapdb import MapDatabase, Place
-from dhe_vpr_ros.precision import precision_curve, summarize
-from dhe_vpr_ros.runtime import load_model
+from dhe_vpr_ros.map.sources import folder_frames
+from dhe_vpr_ros.commands.demo import DATA
+from dhe_vpr_ros.method.identity import model_identity
+from dhe_vpr_ros.method.localizer import Localizer
+from dhe_vpr_ros.map.database import MapDatabase
+from dhe_vpr_ros.map.records import Place
+from dhe_vpr_ros.loop.precision import precision_curve, summarize
+from dhe_vpr_ros.runtime.loading import load_model
 
 RERANKERS = ("none", "ransac", "magsac", "dhe")
 COHOG_SETS = {"GardensPoint": "Gardens_Point", "ESSEX3IN1": "ESSEX3IN1", "SPEDTest": "SPED_Test"}

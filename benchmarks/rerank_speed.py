@@ -22,9 +22,9 @@ import time
 
 import torch
 
-from dhe_vpr_ros.models import build_model
-from dhe_vpr_ros.rerank import make_reranker
-from dhe_vpr_ros.synthetic import random_homographies, warped_feature_grids
+from dhe_vpr_ros.method.models import build_model
+from dhe_vpr_ros.method.rerank import make_reranker
+from dhe_vpr_ros.training.synthetic import random_homographies, warped_feature_grids
 
 
 def elapsed_ms(fn, device: torch.device) -> float:

@@ -32,7 +32,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from recall_real import crop_figures  # noqa: E402
 
-from dhe_vpr_ros.synthetic import camera_overlay  # noqa: E402
+from dhe_vpr_ros.training.synthetic import camera_overlay  # noqa: E402
 
 
 def gardens(cohog: Path) -> tuple[list[np.ndarray], list[np.ndarray]]:

@@ -23,7 +23,8 @@ import cv2
 import numpy as np
 import torch
 
-from dhe_vpr_ros.train import TrainConfig, Trainer
+from dhe_vpr_ros.training.config import TrainConfig
+from dhe_vpr_ros.training.trainer import Trainer
 
 
 def make_photos(folder: Path, count: int) -> None:

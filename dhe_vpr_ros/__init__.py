@@ -1,11 +1,19 @@
 # Copyright 2026 dhe_vpr_ros maintainers
 # SPDX-License-Identifier: Apache-2.0
-"""dhe_vpr_ros: visual place recognition with Deep Homography Estimation re-ranking.
+"""dhe_vpr_ros: visual place recognition with Deep Homography Estimation re-ranking, for ROS 2.
 
-The core (models, geometry, matching, re-ranking, losses) imports without ROS; only
-``dhe_vpr_ros.node`` needs rclpy.
+Subpackages by concern, each importing only those before it: ``method`` (networks, matching,
+re-ranking, the Localizer), ``map`` (the map database and building it), ``loop`` (loop-closure
+policy and its evaluation), ``runtime`` (threads, device, model loading, onnxruntime),
+``training``, ``ros`` (the node: the only importer of rclpy) and ``commands`` (the command line).
 """
-from .threads import set_wait_policy
+from pathlib import Path
 
 __version__ = "0.2.0"
-set_wait_policy()  # before torch and faiss load their OpenMP runtimes (see threads.py)
+DATA_DIR = Path(__file__).resolve().parent / "data"  # the shipped model and the demo's photos
+
+from .runtime.threads import set_wait_policy  # noqa: E402 (torch-free; must run before torch loads)
+
+__all__ = ["DATA_DIR", "__version__"]
+
+set_wait_policy()  # before torch and faiss load their OpenMP runtimes (see runtime/threads.py)

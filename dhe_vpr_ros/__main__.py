@@ -2,6 +2,6 @@
 # SPDX-License-Identifier: Apache-2.0
 import sys
 
-from .cli import main
+from .commands.cli import main
 
 sys.exit(main())

@@ -15,6 +15,10 @@ import os
 import cv2
 import numpy as np
 
+__all__ = ["COMPRESSED_FORMATS", "MAX_PIXELS", "MIN_SIDE", "SUPPORTED_ENCODINGS", "ImageConversionError",
+           "check_pixels", "check_usable", "compressed_dimensions", "compressed_to_rgb", "encode_compressed",
+           "mosaic", "raw_to_rgb", "read_image", "rgb_to_fields", "to_rgb"]
+
 
 class ImageConversionError(ValueError):
     """An image message that cannot be turned into pixels; the message says why."""

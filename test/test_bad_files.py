@@ -13,9 +13,12 @@ import numpy as np
 import pytest
 import torch
 
-from dhe_vpr_ros.cli import main
-from dhe_vpr_ros.mapdb import MapDatabase, MapError, ModelIdentity, Place, Pose
-from dhe_vpr_ros.models import CheckpointError, build_model, load_checkpoint, save_checkpoint
+from dhe_vpr_ros.commands.cli import main
+from dhe_vpr_ros.map.database import MapDatabase
+from dhe_vpr_ros.map.format import MapError
+from dhe_vpr_ros.map.records import Place, Pose
+from dhe_vpr_ros.method.identity import ModelIdentity
+from dhe_vpr_ros.method.models import CheckpointError, build_model, load_checkpoint, save_checkpoint
 
 IDENTITY = ModelIdentity("efficientnet_lite0", "abc123", 384, (8, 4, 4), 16)
 

@@ -13,16 +13,18 @@ import pytest
 import torch
 
 from conftest import textured_image
-from dhe_vpr_ros.build_map import add_frames
-from dhe_vpr_ros.cli import main
-from dhe_vpr_ros.datasets import Frame, folder_frames
-from dhe_vpr_ros.evaluate import evaluate
-from dhe_vpr_ros.groundtruth import GroundTruthError, LabelledRun
-from dhe_vpr_ros.geometry import corner_error
-from dhe_vpr_ros.localizer import Localizer, model_identity
-from dhe_vpr_ros.mapdb import MapDatabase, Place
-from dhe_vpr_ros.mapdb import Pose as MapPose
-from dhe_vpr_ros.models import build_model, save_checkpoint
+from dhe_vpr_ros.map.building import add_frames
+from dhe_vpr_ros.commands.cli import main
+from dhe_vpr_ros.map.sources import Frame, folder_frames
+from dhe_vpr_ros.loop.evaluation import evaluate
+from dhe_vpr_ros.loop.groundtruth import GroundTruthError, LabelledRun
+from dhe_vpr_ros.method.geometry import corner_error
+from dhe_vpr_ros.method.identity import model_identity
+from dhe_vpr_ros.method.localizer import Localizer
+from dhe_vpr_ros.map.database import MapDatabase
+from dhe_vpr_ros.map.records import Place
+from dhe_vpr_ros.map.records import Pose as MapPose
+from dhe_vpr_ros.method.models import build_model, save_checkpoint
 
 W, H = 320, 240
 
@@ -238,7 +240,7 @@ def test_map_from_rosbag_carries_stamps_and_poses(tmp_path, model, storage, comp
 def test_console_script_build_map_with_ros_args(tmp_path):
     """What `ros2 run dhe_vpr_ros build_map ...` executes (ROS appends --ros-args)."""
     write_images(tmp_path / "imgs", range(2))
-    code = ("import sys; from dhe_vpr_ros.cli import build_map_main; sys.argv = ['build_map'] + sys.argv[1:]; "
+    code = ("import sys; from dhe_vpr_ros.commands.cli import build_map_main; sys.argv = ['build_map'] + sys.argv[1:]; "
             "sys.exit(build_map_main())")
     proc = subprocess.run([sys.executable, "-c", code, "--images", str(tmp_path / "imgs"), "-o",
                            str(tmp_path / "map"), "--ros-args", "-r", "__node:=x"], capture_output=True, text=True)

@@ -12,7 +12,7 @@ import yaml
 
 from conftest import textured_image
 
-from dhe_vpr_ros.cli import main
+from dhe_vpr_ros.commands.cli import main
 
 PLACES = 12
 LOOK_ALIKE = 7  # query 7 shows place 0 exactly: a far look-alike that beats every true answer in one frame

@@ -8,17 +8,19 @@ import sys
 import numpy as np
 import torch
 
-from dhe_vpr_ros.datasets import folder_frames
-from dhe_vpr_ros.demo import DATA
-from dhe_vpr_ros.geometry import corner_error
+from dhe_vpr_ros.map.sources import folder_frames
+from dhe_vpr_ros.commands.demo import DATA
+from dhe_vpr_ros.method.geometry import corner_error
 from dhe_vpr_ros.image_conversion import read_image
-from dhe_vpr_ros.localizer import Localizer, model_identity
-from dhe_vpr_ros.mapdb import MapDatabase, Place
-from dhe_vpr_ros.matching import grid_keypoints, mutual_nearest_neighbours
-from dhe_vpr_ros.models.checkpoint import file_sha256
-from dhe_vpr_ros.rerank import make_reranker
-from dhe_vpr_ros.runtime import default_checkpoint, load_model
-from dhe_vpr_ros.views import LEVELS, synthetic_view
+from dhe_vpr_ros.method.identity import model_identity
+from dhe_vpr_ros.method.localizer import Localizer
+from dhe_vpr_ros.map.database import MapDatabase
+from dhe_vpr_ros.map.records import Place
+from dhe_vpr_ros.method.matching import grid_keypoints, mutual_nearest_neighbours
+from dhe_vpr_ros.method.models.checkpoint import file_sha256
+from dhe_vpr_ros.method.rerank import make_reranker
+from dhe_vpr_ros.runtime.loading import default_checkpoint, load_model
+from dhe_vpr_ros.training.views import LEVELS, synthetic_view
 
 SHIPPED_SHA256 = "da960bd1810820c8622814b34b0f585086d028d60910f33833912eab481a42c7"
 H1TO3 = np.array([[7.6285898e-01, -2.9922929e-01, 2.2567123e+02],  # opencv-doc H1to3p.xml: graf1 -> graf3

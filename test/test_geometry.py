@@ -2,9 +2,9 @@
 # SPDX-License-Identifier: Apache-2.0
 import torch
 
-from dhe_vpr_ros.geometry import (corner_error, homography_from_four_points, image_corners,
-                                  scale_homography, warp_points)
-from dhe_vpr_ros.synthetic import random_homographies
+from dhe_vpr_ros.method.geometry import (corner_error, homography_from_four_points, image_corners, scale_homography,
+                                         warp_points)
+from dhe_vpr_ros.training.synthetic import random_homographies
 
 
 def _known_h(dtype=torch.float64):

@@ -8,8 +8,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dhe_vpr_ros.image_conversion import (SUPPORTED_ENCODINGS, ImageConversionError, check_usable, rgb_to_fields,
-                                          to_rgb)
+from dhe_vpr_ros.image_conversion import SUPPORTED_ENCODINGS, ImageConversionError, check_usable, rgb_to_fields, to_rgb
 
 ENCODINGS = st.sampled_from([*SUPPORTED_ENCODINGS, "32FC1", "", "rgb16", "jpeg", "\x00"])
 

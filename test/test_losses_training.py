@@ -6,10 +6,10 @@ import cv2
 import numpy as np
 import torch
 
-from dhe_vpr_ros.geometry import corner_error
-from dhe_vpr_ros.losses import corner_loss, rei_loss
-from dhe_vpr_ros.models import build_model
-from dhe_vpr_ros.synthetic import random_homographies, warped_feature_grids
+from dhe_vpr_ros.method.geometry import corner_error
+from dhe_vpr_ros.training.losses import corner_loss, rei_loss
+from dhe_vpr_ros.method.models import build_model
+from dhe_vpr_ros.training.synthetic import random_homographies, warped_feature_grids
 
 SIZE, STRIDE = 384, 16
 

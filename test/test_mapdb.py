@@ -11,7 +11,10 @@ import time
 import numpy as np
 import pytest
 
-from dhe_vpr_ros.mapdb import MapDatabase, MapError, ModelIdentity, Place, Pose
+from dhe_vpr_ros.map.database import MapDatabase
+from dhe_vpr_ros.map.format import MapError
+from dhe_vpr_ros.map.records import Place, Pose
+from dhe_vpr_ros.method.identity import ModelIdentity
 
 IDENTITY = ModelIdentity("efficientnet_lite0", "abc123", 384, (8, 4, 4), 16)
 
@@ -101,7 +104,8 @@ def test_killed_save_leaves_previous_map_loadable(tmp_path):
     _build(tmp_path / "map")
     script = textwrap.dedent(f"""
         import numpy as np
-        from dhe_vpr_ros.mapdb import MapDatabase, ModelIdentity
+        from dhe_vpr_ros.map.database import MapDatabase
+        from dhe_vpr_ros.method.identity import ModelIdentity
         identity = ModelIdentity("efficientnet_lite0", "abc123", 384, (64, 24, 24), 16)
         db = MapDatabase(identity, spill_dir={str(tmp_path)!r})  # its grids wait in this test's folder
         for _ in range(40):  # ~300 MB of grids: long enough to be killed mid-write
@@ -125,7 +129,8 @@ _HOLD_SPILL = """
 import sys, time
 import numpy as np
 from dhe_vpr_ros.atomic import locked_tempfile
-from dhe_vpr_ros.mapdb import MapDatabase, ModelIdentity
+from dhe_vpr_ros.map.database import MapDatabase
+from dhe_vpr_ros.method.identity import ModelIdentity
 db = MapDatabase(ModelIdentity("efficientnet_lite0", "abc123", 384, (8, 4, 4), 16), spill_dir=sys.argv[1])
 db.add(np.random.rand(3, 16).astype("float32"), np.ones((3, 8, 4, 4), "float16"))
 assert db._spill.path is None  # an unnamed file: nothing to see, nothing to leave
@@ -136,7 +141,7 @@ time.sleep(120)
 
 
 def test_leftovers_of_a_dead_writer_go_and_a_live_writers_stay(tmp_path):
-    from dhe_vpr_ros.mapdb import clean_leftovers
+    from dhe_vpr_ros.map.storage import clean_leftovers
     _build(tmp_path / "map")
     writer = subprocess.Popen([sys.executable, "-c", _HOLD_SPILL, str(tmp_path)], stdout=subprocess.PIPE, text=True)
     try:

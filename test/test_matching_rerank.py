@@ -2,12 +2,12 @@
 # SPDX-License-Identifier: Apache-2.0
 import torch
 
-from dhe_vpr_ros.geometry import corner_error, warp_points
-from dhe_vpr_ros.matching import (count_inliers, grid_keypoints, mutual_nearest_neighbours,
-                                  reprojection_errors, robust_homographies)
-from dhe_vpr_ros.models import build_model
-from dhe_vpr_ros.rerank import make_reranker
-from dhe_vpr_ros.synthetic import random_homographies, warped_feature_grids
+from dhe_vpr_ros.method.geometry import corner_error, warp_points
+from dhe_vpr_ros.method.matching import (count_inliers, grid_keypoints, mutual_nearest_neighbours,
+                                         reprojection_errors, robust_homographies)
+from dhe_vpr_ros.method.models import build_model
+from dhe_vpr_ros.method.rerank import make_reranker
+from dhe_vpr_ros.training.synthetic import random_homographies, warped_feature_grids
 
 GRID, STRIDE, SIZE = 24, 16, 384
 

@@ -4,10 +4,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dhe_vpr_ros.geometry import corner_error
+from dhe_vpr_ros.method.geometry import corner_error
 
-from dhe_vpr_ros.models import (PRESETS, CheckpointError, RegressorConfig, build_model, correlation_volume,
-                                load_checkpoint, save_checkpoint)
+from dhe_vpr_ros.method.models import (PRESETS, CheckpointError, RegressorConfig, build_model, correlation_volume,
+                                       load_checkpoint, save_checkpoint)
 
 
 def test_cct_gives_384x24x24_local_and_384d_global_at_384():

@@ -19,10 +19,13 @@ import pytest
 from conftest import textured_image
 from test_build_map import _write_bag  # noqa: I100,I201 (a test module of this suite)
 
-from dhe_vpr_ros.cli import main
+from dhe_vpr_ros.commands.cli import main
 from dhe_vpr_ros.image_conversion import ImageConversionError, compressed_to_rgb
-from dhe_vpr_ros.mapdb import MapDatabase, MapError, ModelIdentity, Place, Pose
-from dhe_vpr_ros.node_params import PARAMETERS, ParameterProblem, check_startup
+from dhe_vpr_ros.map.database import MapDatabase
+from dhe_vpr_ros.map.format import MapError
+from dhe_vpr_ros.map.records import Place, Pose
+from dhe_vpr_ros.method.identity import ModelIdentity
+from dhe_vpr_ros.ros.parameters import PARAMETERS, ParameterProblem, check_startup
 
 IDENTITY = ModelIdentity("efficientnet_lite0", "abc123", 384, (8, 4, 4), 16)
 
@@ -42,7 +45,9 @@ _APPENDER = textwrap.dedent("""
     import sys
     import numpy as np
     from dhe_vpr_ros.atomic import writer_lock
-    from dhe_vpr_ros.mapdb import MapDatabase, ModelIdentity, Place
+    from dhe_vpr_ros.map.database import MapDatabase
+    from dhe_vpr_ros.map.records import Place
+    from dhe_vpr_ros.method.identity import ModelIdentity
     path, tag, rounds = sys.argv[1], sys.argv[2], int(sys.argv[3])
     rng = np.random.default_rng(abs(hash(tag)) % 1000)
     for r in range(rounds):  # what build-map --append does: lock, open, add, save
@@ -54,7 +59,7 @@ _APPENDER = textwrap.dedent("""
 """)
 _READER = textwrap.dedent("""
     import sys, time
-    from dhe_vpr_ros.mapdb import MapDatabase
+    from dhe_vpr_ros.map.database import MapDatabase
     path, stop = sys.argv[1], sys.argv[2]
     opens = errors = 0
     import os
@@ -217,7 +222,8 @@ def test_a_killed_process_leaves_no_spilled_grids_in_the_temp_folder(tmp_path):
     script = textwrap.dedent("""
         import time
         import numpy as np
-        from dhe_vpr_ros.mapdb import MapDatabase, ModelIdentity
+        from dhe_vpr_ros.map.database import MapDatabase
+        from dhe_vpr_ros.method.identity import ModelIdentity
         db = MapDatabase(ModelIdentity("efficientnet_lite0", "abc123", 384, (64, 24, 24), 16))
         db.add(np.random.rand(50, 16).astype("float32"), np.ones((50, 64, 24, 24), "float16"))
         print("spilled", flush=True)
@@ -281,7 +287,8 @@ def test_a_full_disk_during_a_save_names_the_map_and_keeps_the_old_one(tmp_path)
     script = textwrap.dedent(f"""
         import resource, signal, sys
         import numpy as np
-        from dhe_vpr_ros.mapdb import MapDatabase, MapError
+        from dhe_vpr_ros.map.database import MapDatabase
+        from dhe_vpr_ros.map.format import MapError
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         db = MapDatabase.open({str(path)!r})
         db.add(np.random.rand(4000, 16).astype("float32"), np.ones((4000, 8, 4, 4), "float16"))

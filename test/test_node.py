@@ -18,10 +18,12 @@ from sensor_msgs.msg import CompressedImage, Image
 from conftest import textured_image
 from ros_helpers import CONFIG, NodeProcess, Probe, node_command, write_params  # noqa: F401
 from dhe_vpr_ros.image_conversion import to_rgb
-from dhe_vpr_ros.localizer import Localizer, model_identity
-from dhe_vpr_ros.mapdb import MapDatabase, Place, Pose
-from dhe_vpr_ros.node_params import PARAMETERS
-from dhe_vpr_ros.runtime import load_model
+from dhe_vpr_ros.method.identity import model_identity
+from dhe_vpr_ros.method.localizer import Localizer
+from dhe_vpr_ros.map.database import MapDatabase
+from dhe_vpr_ros.map.records import Place, Pose
+from dhe_vpr_ros.ros.parameters import PARAMETERS
+from dhe_vpr_ros.runtime.loading import load_model
 
 W, H = 320, 240
 MAP_STAMP0 = 1_000.0
@@ -65,10 +67,10 @@ def start(tmp_path, name="node", extra=(), **params):
 def test_config_file_lists_every_parameter_with_its_default():
     import yaml
 
-    from dhe_vpr_ros.node_params import config_yaml
+    from dhe_vpr_ros.ros.parameters import config_yaml
     listed = yaml.safe_load(CONFIG.read_text())["/**"]["ros__parameters"]
     assert listed == {name: spec.default for name, spec in PARAMETERS.items()}
-    assert CONFIG.read_text() == config_yaml()  # regenerate: python -m dhe_vpr_ros.node_params > config/vpr.yaml
+    assert CONFIG.read_text() == config_yaml()  # regenerate: python -m dhe_vpr_ros.ros.parameters > config/vpr.yaml
 
 
 def test_match_loop_closure_and_pose_reach_a_lio_sam_style_subscriber(ros, tmp_path, map_dir):

@@ -12,14 +12,15 @@ import numpy as np
 import pytest
 import torch
 
-from dhe_vpr_ros.cli import main
-from dhe_vpr_ros.datasets import folder_frames
-from dhe_vpr_ros.demo import DATA
-from dhe_vpr_ros.localizer import model_identity, prepare
-from dhe_vpr_ros.mapdb import MapDatabase
-from dhe_vpr_ros.models import correlation_volume
-from dhe_vpr_ros.onnx_model import OnnxError, load_onnx_model
-from dhe_vpr_ros.runtime import load_model
+from dhe_vpr_ros.commands.cli import main
+from dhe_vpr_ros.map.sources import folder_frames
+from dhe_vpr_ros.commands.demo import DATA
+from dhe_vpr_ros.method.identity import model_identity
+from dhe_vpr_ros.method.localizer import prepare
+from dhe_vpr_ros.map.database import MapDatabase
+from dhe_vpr_ros.method.models import correlation_volume
+from dhe_vpr_ros.runtime.onnx import OnnxError, load_onnx_model
+from dhe_vpr_ros.runtime.loading import load_model
 
 pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (pip install -e .[onnx])")
 
@@ -87,7 +88,7 @@ def test_bad_exports_end_in_one_clear_line(exported, tmp_path, caplog):
     other = tmp_path / "other_export"
     other_model = load_model(None, backbone="efficientnet_lite0")[0]
     torch.nn.init.normal_(other_model.regressor.linear.weight)  # another checkpoint's regressor
-    from dhe_vpr_ros.onnx_model import export_model
+    from dhe_vpr_ros.runtime.onnx import export_model
     export_model(other_model, other, {})
     cases = [
         (variant("missing_meta", lambda f: (f / "model.json").unlink()), "model.json is missing"),
@@ -123,7 +124,7 @@ def test_thread_settings_are_applied_once_and_reported_by_info():
                           env={**env, "OMP_WAIT_POLICY": "ACTIVE"}, check=True).stdout
     assert "OMP_WAIT_POLICY ACTIVE" in kept  # the user's own choice stays
     code = ("import cv2, faiss, torch\n"
-            "from dhe_vpr_ros.threads import configure_threads\n"
+            "from dhe_vpr_ros.runtime.threads import configure_threads\n"
             "a = configure_threads(1); b = configure_threads(1)\n"
             "print(a is b, torch.get_num_threads(), torch.get_num_interop_threads(), cv2.getNumThreads(), "
             "faiss.omp_get_max_threads())")

@@ -46,3 +46,30 @@ def test_colcon_build_installs_ros2_run_layout(tmp_path):
                          capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "efficientnet_lite0" in out.stdout and "regressor GFLOP/pair" in out.stdout
+
+
+def test_the_names_users_type_stay_as_they_are(tmp_path):
+    """Console scripts, commands, the map's files and manifest fields are an interface: moving code
+    around inside the package must not change them (issue 27)."""
+    import ast
+    import json
+
+    from dhe_vpr_ros.commands.cli import COMMANDS
+    from dhe_vpr_ros.map import MapDatabase
+    from dhe_vpr_ros.method.identity import ModelIdentity
+    tree = ast.parse((ROOT / "setup.py").read_text())
+    scripts = next(ast.literal_eval(n.value) for n in tree.body if isinstance(n, ast.Assign)
+                   and getattr(n.targets[0], "id", "") == "CONSOLE_SCRIPTS")
+    assert sorted(s.split(" = ")[0] for s in scripts) == sorted([
+        "dhe_vpr_ros", "convert_checkpoint", "model_info", "build_map", "query", "evaluate", "calibrate",
+        "export_onnx", "train", "vpr_node"])
+    assert sorted(COMMANDS) == sorted(["build-map", "demo", "query", "train", "evaluate", "calibrate",
+                                       "convert-checkpoint", "export", "info"])
+    database = MapDatabase(ModelIdentity("b", "0" * 64, 64, (8, 4, 4), 16))
+    database.save(tmp_path / "map")
+    assert sorted(p.name for p in (tmp_path / "map").iterdir()) == sorted(
+        ["manifest.json", "global.faiss", "local.f16", "places.jsonl", "cells.f64", "static_mask.png"])
+    manifest = json.loads((tmp_path / "map" / "manifest.json").read_text())
+    assert sorted(manifest) == sorted(["format", "version", "model", "num_places", "index", "build", "revision",
+                                       "mask"])
+    assert (manifest["format"], manifest["version"]) == ("dhe_vpr_ros.map", 1)

@@ -7,9 +7,9 @@ import math
 import numpy as np
 import pytest
 
-from dhe_vpr_ros.precision import precision_curve, summarize
-from dhe_vpr_ros.recognizer import LoopPolicy, pose_variance_scale
-from dhe_vpr_ros.sequence import SequenceSettings, SequenceVerifier, Verdict
+from dhe_vpr_ros.loop.precision import precision_curve, summarize
+from dhe_vpr_ros.loop.policy import LoopPolicy, pose_variance_scale
+from dhe_vpr_ros.loop.sequence import SequenceSettings, SequenceVerifier, Verdict
 
 
 def test_curve_with_ties_a_query_without_a_true_place_and_an_unanswered_one():

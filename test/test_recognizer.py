@@ -7,10 +7,15 @@ import pytest
 
 from conftest import textured_image
 
-from dhe_vpr_ros.localizer import Localizer, model_identity
-from dhe_vpr_ros.mapdb import MapDatabase, MapError, Place, Pose
-from dhe_vpr_ros.recognizer import FrameSlots, LoopPolicy, PlaceRecognizer
-from dhe_vpr_ros.runtime import load_model
+from dhe_vpr_ros.method.identity import model_identity
+from dhe_vpr_ros.method.localizer import Localizer
+from dhe_vpr_ros.map.database import MapDatabase
+from dhe_vpr_ros.map.format import MapError
+from dhe_vpr_ros.map.records import Place, Pose
+from dhe_vpr_ros.loop.policy import LoopPolicy
+from dhe_vpr_ros.loop.recognizer import PlaceRecognizer
+from dhe_vpr_ros.runtime.frame_slots import FrameSlots
+from dhe_vpr_ros.runtime.loading import load_model
 
 S = 1_000_000_000  # ns per second
 

@@ -4,10 +4,10 @@
 the shift start rescues a regressed homography that is far off."""
 import torch
 
-from dhe_vpr_ros.geometry import corner_error, warp_points
-from dhe_vpr_ros.matching import Matches, grid_keypoints, mutual_nearest_neighbours
-from dhe_vpr_ros.refine import inlier_thresholds, refine_from_starts, refine_homographies, shift_hypotheses
-from dhe_vpr_ros.synthetic import random_homographies, warped_feature_grids
+from dhe_vpr_ros.method.geometry import corner_error, warp_points
+from dhe_vpr_ros.method.matching import Matches, grid_keypoints, mutual_nearest_neighbours
+from dhe_vpr_ros.method.refine import inlier_thresholds, refine_from_starts, refine_homographies, shift_hypotheses
+from dhe_vpr_ros.training.synthetic import random_homographies, warped_feature_grids
 
 SIZE, STRIDE = 384, 16
 

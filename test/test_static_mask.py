@@ -13,14 +13,17 @@ import torch.nn.functional as F
 
 from conftest import textured_image
 
-from dhe_vpr_ros.cli import main
-from dhe_vpr_ros.localizer import Localizer, model_identity
-from dhe_vpr_ros.mapdb import MapDatabase, Place
-from dhe_vpr_ros.matching import mutual_nearest_neighbours
-from dhe_vpr_ros.recognizer import LoopPolicy, PlaceRecognizer
-from dhe_vpr_ros.runtime import load_model
-from dhe_vpr_ros.static_mask import MIN_PLACES, CellMask, CellStatistics, MaskSettings, user_mask
-from dhe_vpr_ros.synthetic import camera_overlay
+from dhe_vpr_ros.commands.cli import main
+from dhe_vpr_ros.method.identity import model_identity
+from dhe_vpr_ros.method.localizer import Localizer
+from dhe_vpr_ros.map.database import MapDatabase
+from dhe_vpr_ros.map.records import Place
+from dhe_vpr_ros.method.matching import mutual_nearest_neighbours
+from dhe_vpr_ros.loop.policy import LoopPolicy
+from dhe_vpr_ros.loop.recognizer import PlaceRecognizer
+from dhe_vpr_ros.runtime.loading import load_model
+from dhe_vpr_ros.map.static_mask import MIN_PLACES, CellMask, CellStatistics, MaskSettings, user_mask
+from dhe_vpr_ros.training.synthetic import camera_overlay
 
 W, H = 320, 240
 

@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from conftest import textured_image
-from dhe_vpr_ros.cli import main
-from dhe_vpr_ros.models import build_model, load_checkpoint, save_checkpoint
+from dhe_vpr_ros.commands.cli import main
+from dhe_vpr_ros.method.models import build_model, load_checkpoint, save_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -121,8 +121,8 @@ def test_bad_inputs_fail_before_training(tmp_path, photos, caplog):
 def test_labels_only_views_carry_the_same_label_as_full_views():
     """Once every view of a warp set is cached, the trainer asks for labels only; they must be
     the labels of the very views whose features are cached."""
-    from dhe_vpr_ros.datasets import Frame
-    from dhe_vpr_ros.training_data import WarpedPairs
+    from dhe_vpr_ros.map.sources import Frame
+    from dhe_vpr_ros.training.pairs import WarpedPairs
     frames = [Frame(f"f{i}", (lambda i=i: textured_image(300 + i, 320))) for i in range(4)]
     pairs = WarpedPairs(frames, 384, seed=5, band=(0.0, 1.0))
     for epoch in range(3):

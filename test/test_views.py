@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import textured_image
-from dhe_vpr_ros.views import LEVELS, ViewRecipe, change_light, overlap, reach, sample_motion, synthetic_view
+from dhe_vpr_ros.training.views import LEVELS, ViewRecipe, change_light, overlap, reach, sample_motion, synthetic_view
 
 SIZE = 384
 

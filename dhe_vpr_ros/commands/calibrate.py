@@ -1,0 +1,47 @@
+# Copyright 2026 dhe_vpr_ros maintainers
+# SPDX-License-Identifier: Apache-2.0
+"""``calibrate``: the loop-closure settings that reach a target precision on the user's own
+labelled run, written as a ROS 2 parameters file (``loop.calibration`` chooses them)."""
+from __future__ import annotations
+
+import argparse
+import logging
+
+from ..loop.calibration import calibrate, params_yaml, write_params
+from ..loop.evaluation import record
+from ..method.rerank import DEFAULT_REFINE_ROUNDS, MAX_REFINE_ROUNDS, RERANKERS
+from .arguments import add_model_arguments, add_run_arguments, count, number
+from .evaluate import open_run
+
+__all__ = ["add_arguments", "run"]
+
+log = logging.getLogger(__name__)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_run_arguments(parser)
+    parser.add_argument("--reranker", choices=RERANKERS, default="dhe")
+    parser.add_argument("--top-k", type=count(1, 1000), default=16,
+                        help="candidates re-ranked per frame (the node's top_k)")
+    parser.add_argument("--refine-rounds", type=count(0, MAX_REFINE_ROUNDS), default=DEFAULT_REFINE_ROUNDS,
+                        help=argparse.SUPPRESS)
+    parser.add_argument("--target-precision", type=number(0.0, 1.0, above=True), default=1.0,
+                        help="precision the settings must reach on this run (default 1.0)")
+    parser.add_argument("--output", "-o", required=True, help="parameters file to write (YAML)")
+    parser.add_argument("--batch-size", type=count(1, 4096), default=16)
+    add_model_arguments(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    localizer, labelled = open_run(args, [args.reranker])
+    labelled.label_with_map(localizer.database.places)
+    if len(labelled.queries) < 2:
+        raise ValueError("a run needs at least 2 query frames")
+    recorded = record(localizer, labelled.queries, [args.reranker], args.top_k)
+    cal = calibrate(labelled, recorded.rankings[args.reranker], args.reranker, args.top_k, args.target_precision)
+    text = params_yaml(cal, labelled.description)
+    write_params(args.output, text)
+    log.info("wrote %s: min_score %g, sequence_length %d, min_distinctiveness %g: precision %.3f, recall %.3f "
+             "(single-frame score alone: recall %.3f)", args.output, cal.policy.min_score, cal.policy.sequence_length,
+             cal.policy.min_distinctiveness, cal.precision, cal.recall, cal.single_frame_recall)
+    return 0

@@ -1,0 +1,127 @@
+# Copyright 2026 dhe_vpr_ros maintainers
+# SPDX-License-Identifier: Apache-2.0
+"""``evaluate``: Recall@N and precision of each re-ranker on a labelled run, with latency
+(``loop.evaluation`` computes; this command parses, prints a table, writes JSON and a plot)."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from ..atomic import atomic_write
+from ..loop.evaluation import RecordedRun, first_answers, record, report_of, sequence_answers
+from ..loop.groundtruth import LabelledRun
+from ..loop.policy import LoopPolicy
+from ..loop.precision import precision_curve, summarize
+from ..map.building import add_frames
+from ..method.localizer import Localizer
+from ..method.rerank import RERANKERS
+from ..runtime import open_localizer
+from .arguments import (add_model_arguments, add_policy_arguments, add_ranking_arguments, add_run_arguments, count,
+                        labelled_run, policy_from_args)
+
+__all__ = ["add_arguments", "format_table", "open_run", "run"]
+
+
+def format_table(report: dict) -> str:
+    values = list(next(iter(report["recall"].values())).keys())
+    lines = [f"{report['num_queries']} queries, {report['num_places']} map places, top-K {report['top_k']}, "
+             f"{report['ground_truth']}",
+             f"{'re-ranker':<10}" + "".join(f"{'R@' + n:>8}" for n in values)
+             + f"{'R@100P':>8}{'AP':>7}{'thr@100P':>10}{'min_score':>10}{'wrong>=':>8}{'re-rank ms':>12}"]
+    for name, rec in report["recall"].items():
+        ms = report["latency_ms"]["rerank"].get(name, 0.0)
+        lines.append(f"{name:<10}" + "".join(f"{rec[n]:>8.1f}" for n in values)
+                     + _precision_columns(report["precision"][name]) + f"{ms:>12.1f}")
+    if "sequence" in report:
+        settings = ", ".join(f"{k} {v:g}" for k, v in report["sequence"]["settings"].items())
+        lines.append(f"after sequence verification ({settings}):")
+        for name, figures in report["sequence"]["precision"].items():
+            lines.append(f"{name:<10}" + " " * 8 * len(values) + _precision_columns(figures)
+                         + (f"  far: {figures['far_above_min_score']}" if "far_above_min_score" in figures else ""))
+    lines.append(f"mean latency per query: embed {report['latency_ms']['embed']:.1f} ms, "
+                 f"retrieve {report['latency_ms']['retrieve']:.2f} ms")
+    return "\n".join(lines) + "\n"
+
+
+def _precision_columns(figures: dict) -> str:
+    threshold = figures["threshold_at_100_precision"]
+    return (f"{figures['recall_at_100_precision']:>8.3f}{figures['average_precision']:>7.3f}"
+            f"{'-' if threshold is None else f'{threshold:.3g}':>10}{figures['min_score']:>10.3g}"
+            f"{figures['wrong_above_min_score']:>8d}")
+
+
+def plot_curves(recorded: RecordedRun, run: LabelledRun, path: str, policy: LoopPolicy, sequence: bool) -> None:
+    """Precision-recall curves of every re-ranker on one figure (dashed: after sequence verification)."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise ValueError("--plot needs matplotlib (pip install matplotlib)") from None
+    fig, ax = plt.subplots(figsize=(7, 5))
+    for name, ranked in recorded.rankings.items():
+        kinds = [("", first_answers(run, ranked), "-")]
+        if sequence:
+            kinds.append((" + sequence", sequence_answers(run, ranked, policy, name), "--"))
+        for suffix, answers, style in kinds:
+            curve = precision_curve(answers.scores, answers.correct, answers.has_positive)
+            ax.plot(np.r_[0.0, curve.recall], np.r_[1.0, curve.precision], style,
+                    label=f"{name}{suffix} (R@100P {summarize(curve).recall_at_100_precision:.2f})")
+    ax.set_xlabel("recall")
+    ax.set_ylabel("precision")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.grid(alpha=0.3)
+    ax.set_title(f"{len(run.queries)} queries: {run.description}", fontsize=9)
+    ax.legend(loc="lower left", fontsize=8)
+    with atomic_write(Path(path)) as handle:
+        fig.savefig(handle, format="png", dpi=120, bbox_inches="tight")
+    plt.close(fig)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_run_arguments(parser)
+    add_ranking_arguments(parser, multiple=True)
+    parser.add_argument("--recall-values", default="1,5,10,20")
+    parser.add_argument("--sequence", action="store_true", help="also report precision after the node's sequence "
+                                                                "verification (queries in file-name order)")
+    add_policy_arguments(parser)
+    parser.add_argument("--json", help="also write the report as JSON to this file")
+    parser.add_argument("--plot", help="draw the precision-recall curves of all re-rankers to this PNG file")
+    parser.add_argument("--batch-size", type=count(1, 4096), default=16)
+    add_model_arguments(parser)
+
+
+def open_run(args: argparse.Namespace, rerankers: list[str]) -> tuple[Localizer, LabelledRun]:
+    """The labelled run and a localizer whose map holds its reference frames (prebuilt or embedded now)."""
+    run = labelled_run(args)
+    localizer = open_localizer(args.checkpoint, args.backbone, args.device, args.map, threads=args.threads,
+                               runtime=args.runtime, onnx=args.onnx, reranker=rerankers[0],
+                               top_k=args.top_k, refine_rounds=args.refine_rounds)
+    if not args.map:
+        add_frames(localizer, run.references, args.batch_size, len(run.references), desc="reference")
+    return localizer, run
+
+
+def run(args: argparse.Namespace) -> int:
+    rerankers = [r.strip() for r in args.rerankers.split(",") if r.strip()]
+    unknown = [r for r in rerankers if r not in RERANKERS]
+    if unknown or not rerankers:
+        raise ValueError(f"unknown re-ranker(s) {unknown}; choose from {', '.join(RERANKERS)}")
+    values = tuple(int(v) for v in args.recall_values.split(","))
+    policy = policy_from_args(args)
+    localizer, labelled = open_run(args, rerankers)
+    labelled.label_with_map(localizer.database.places)
+    recorded = record(localizer, labelled.queries, rerankers, args.top_k, max(values))
+    report = report_of(labelled, recorded, args.top_k, len(localizer.database), values, policy, args.sequence)
+    sys.stdout.write(format_table(report))
+    if args.plot:
+        plot_curves(recorded, labelled, args.plot, policy, args.sequence)
+    if args.json:
+        with atomic_write(Path(args.json), mode="w") as handle:
+            json.dump(report, handle, indent=2, allow_nan=False)
+    return 0

@@ -1,0 +1,108 @@
+# Copyright 2026 dhe_vpr_ros maintainers
+# SPDX-License-Identifier: Apache-2.0
+"""``info``, ``convert-checkpoint`` and ``export``: describe a model, a checkpoint or a map; turn an
+author checkpoint into ours; write the networks as ONNX files."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from .arguments import count
+
+__all__ = ["add_convert_checkpoint", "add_export", "add_model_info", "run_convert_checkpoint", "run_export",
+           "run_model_info"]
+
+log = logging.getLogger("dhe_vpr_ros")
+
+
+# -- convert-checkpoint ---------------------------------------------------------------------
+def add_convert_checkpoint(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("source", help="checkpoint to read (ours, or the DHE-VPR authors' layout)")
+    parser.add_argument("destination", help="where to write a dhe_vpr_ros checkpoint")
+
+
+def run_convert_checkpoint(args: argparse.Namespace) -> int:
+    from ..method.models import load_checkpoint, save_checkpoint
+    if Path(args.destination).exists():
+        raise ValueError(f"{args.destination} already exists: nothing was changed; choose a new file name")
+    model, payload = load_checkpoint(args.source)
+    meta = dict(payload.get("meta", {}))
+    meta.setdefault("converted_from", str(args.source))
+    save_checkpoint(args.destination, model, meta=meta)
+    log.info("wrote %s (%s)", args.destination, model.config)
+    return 0
+
+
+# -- info -----------------------------------------------------------------------------------
+def add_model_info(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--map", help="describe this map (places, model, static-cell mask) instead of a model")
+    parser.add_argument("--checkpoint", help="describe this checkpoint")
+    parser.add_argument("--backbone", default="efficientnet_lite0", help="without --checkpoint: backbone name")
+    parser.add_argument("--regressor", default=None, help="without --checkpoint: regressor preset (paper|light)")
+    parser.add_argument("--threads", type=count(0, 256), default=0,
+                        help="report the thread settings this many threads give (0: the default)")
+
+
+def run_map_info(path: str, threads: str) -> int:
+    from ..map.database import MapDatabase
+    database = MapDatabase.open(path)
+    stamps = [p.timestamp_ns for p in database.places if p.timestamp_ns is not None]
+    rows = [("map", path), ("places", str(len(database))), ("backbone", database.identity.backbone),
+            ("local grid", "x".join(str(v) for v in database.identity.local_shape)),
+            ("index", database.index_type), ("built with", str(database.build_info.get("checkpoint"))),
+            ("with poses", str(sum(p.pose is not None for p in database.places))),
+            ("stamps", f"{min(stamps) / 1e9:.3f} .. {max(stamps) / 1e9:.3f} s" if stamps else "none"),
+            ("mask", database.mask.summary()), ("static threshold", f"{database.mask_settings.threshold:g}"),
+            ("threads", threads)]
+    width = max(len(k) for k, _ in rows)
+    sys.stdout.write("".join(f"{k:<{width}}  {v}\n" for k, v in rows))
+    return 0
+
+
+def run_model_info(args: argparse.Namespace) -> int:
+    from ..method.models import build_model, load_checkpoint
+    from ..runtime.threads import configure_threads
+    threads = configure_threads(args.threads)
+    if args.map:
+        return run_map_info(args.map, threads.describe())
+    if args.checkpoint:
+        model, payload = load_checkpoint(args.checkpoint)
+        meta = payload.get("meta", {})
+    else:
+        model, meta = build_model(args.backbone, args.regressor, pretrained=False), {}
+    config = model.regressor.config
+    rows = [
+        ("backbone", model.backbone.name),
+        ("input size", f"{model.backbone.input_size}x{model.backbone.input_size}"),
+        ("local grid", f"{model.backbone.local_dim}x{model.backbone.grid_size}x{model.backbone.grid_size}"),
+        ("global dim", str(model.backbone.global_dim)),
+        ("regressor", f"grid {config.grid}, {config.layers}+{config.residual_layers} layers, "
+                      f"{config.heads} heads, ff {config.ff_dim}"),
+        ("backbone params", f"{sum(p.numel() for p in model.backbone.parameters()) / 1e6:.2f} M"),
+        ("regressor params", f"{sum(p.numel() for p in model.regressor.parameters()) / 1e6:.2f} M"),
+        ("regressor GFLOP/pair", f"{config.gflop_per_pair():.2f}"),
+        ("threads", threads.describe()),
+    ] + [(f"meta.{k}", str(v)) for k, v in meta.items()]
+    width = max(len(k) for k, _ in rows)
+    sys.stdout.write("".join(f"{k:<{width}}  {v}\n" for k, v in rows))
+    return 0
+
+
+# -- export -----------------------------------------------------------------------------------
+def add_export(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", required=True, help="a new folder for backbone.onnx, regressor.onnx, model.json")
+    parser.add_argument("--checkpoint", help="model checkpoint (default: the shipped model)")
+    parser.add_argument("--backbone", help="without --checkpoint: backbone name")
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from ..runtime.loading import load_model
+    from ..runtime.onnx import export_model
+    model, info = load_model(args.checkpoint, args.backbone)
+    meta = export_model(model, args.out, info)
+    sizes = ", ".join(f"{p.name} {p.stat().st_size / 1e6:.1f} MB" for p in sorted(Path(args.out).glob("*.onnx")))
+    log.info("wrote %s (%s): %s; run it with --runtime onnxruntime --onnx %s", args.out, meta["backbone"], sizes,
+             args.out)
+    return 0

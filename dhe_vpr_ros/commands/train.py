@@ -1,0 +1,100 @@
+# Copyright 2026 dhe_vpr_ros maintainers
+# SPDX-License-Identifier: Apache-2.0
+"""``train``: the homography regressor (stage dhe), then optionally the backbone with it (stage
+joint); resumable, and under torchrun one rank per process (``training`` does the work)."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from dataclasses import fields
+from pathlib import Path
+
+from ..runtime.threads import configure_threads
+from ..training.config import TrainConfig
+from ..training.run_log import fmt
+from ..training.trainer import train
+from .arguments import count, number
+
+__all__ = ["add_arguments", "run"]
+
+log = logging.getLogger(__name__)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    d = TrainConfig(out="")
+    parser.add_argument("--out", required=True, help="output directory (checkpoints, config, logs)")
+    parser.add_argument("--stage", choices=("dhe", "joint"), default=d.stage)
+    data = parser.add_mutually_exclusive_group()
+    data.add_argument("--dataset", help="geo-localisation layout: DIR/train/ and DIR/val/ with database/, queries/")
+    data.add_argument("--images", nargs="+", metavar="DIR",
+                      help="image folder(s), searched recursively: labelled synthetic second views")
+    data.add_argument("--bag", help="rosbag2 (with --topic): labelled synthetic second views of its frames")
+    parser.add_argument("--exclude", nargs="+", default=[], metavar="PATTERN",
+                        help="with --images: leave out files whose name matches a pattern (e.g. 'graf*')")
+    parser.add_argument("--topic")
+    parser.add_argument("--backbone", default=d.backbone)
+    parser.add_argument("--regressor", help="regressor preset (paper|light); default: the backbone's")
+    parser.add_argument("--init-checkpoint", help="start from these weights (e.g. stage dhe's best.pt)")
+    parser.add_argument("--resume", action="store_true", help="continue OUT/last.pt at its exact step")
+    for name, kind, help_text in [
+        ("epochs", count(1, 1_000_000), ""), ("batch-size", count(1, 4096), "pairs per step (per process under DDP)"),
+        ("lr", number(0.0, 1.0, above=True), "Adam learning rate (paper: 1e-5)"),
+        ("clip-grad", number(0.0), "clip the gradient norm to this (0: off)"),
+        ("margin", number(0.0, 10.0), "triplet margin (paper: 0.1)"),
+        ("negatives", count(1, 100), "negatives per query (paper: 2)"),
+        ("mining-pool", count(1), "random candidates per query for partial hard-negative mining"),
+        ("cache-refresh", count(1), "queries between refreshes of the mining descriptor cache"),
+        ("supervised-weight", number(0.0), "weight of the corner loss on labelled pairs (synthetic views)"),
+        ("robust-px", number(0.0), "corner loss: distances beyond this many pixels count logarithmically "
+                                   "(0: linearly)"),
+        ("rei-weight", number(0.0), "weight of the label-free REI loss (0: off)"),
+        ("warp-repeats", count(1, 100_000), "synthetic views: reuse N fixed sets (stage dhe then embeds each view "
+                                            "once and trains the regressor on cached features: faster, less varied)"),
+        ("difficulty", number(0.0, 1.0), "synthetic views: strongest change, 0..1 of the recipe's maxima "
+                                         "(1: tilt 60 deg, rotation 30, zoom 0.5-2, overlap 50 %%, dusk)"),
+        ("curriculum-epochs", count(0), "grow the views' difficulty over this many epochs (0: all at once)"),
+        ("curriculum-start", number(0.0, 1.0), "difficulty at the first epoch of the curriculum"),
+        ("unfreeze-from", count(0, 1000), "joint stage: first trainable backbone block (default: cct14 6, "
+                                          "efficientnet 8)"),
+        ("positive-dist-train", number(0.0, above=True), "metres (paper: 10)"),
+        ("positive-dist-val", number(0.0, above=True), "metres (paper: 25)"),
+        ("val-fraction", number(0.0, 0.9), "synthetic views: images held back for validation"),
+        ("val-top-k", count(1, 1000), "candidates re-ranked in validation"),
+        ("val-every", count(1), "validate every N epochs (and after the last)"),
+        ("max-samples", count(1), "use at most N images"), ("seed", count(0), ""),
+        ("workers", count(0, 256), "data loader processes"),
+    ]:
+        parser.add_argument(f"--{name}", type=kind, default=getattr(d, name.replace("-", "_")), help=help_text or None)
+    parser.add_argument("--lr-schedule", choices=("none", "cosine"), default=d.lr_schedule)
+    parser.add_argument("--device", default=d.device, help="cpu, cuda (mixed precision bf16 on GPU)")
+    parser.add_argument("--threads", type=count(0, 256), default=0,
+                        help="CPU threads per process (0: the CPUs available, at most 4)")
+    parser.add_argument("--no-amp", action="store_true", help="full fp32 on GPU")
+    parser.add_argument("--no-tensorboard", action="store_true")
+    parser.add_argument("--dump-rank-weights", action="store_true",
+                        help="debug DDP: every rank writes its final weights to OUT/rankN_weights.pt")
+
+
+def run(args: argparse.Namespace) -> int:
+    configure_threads(args.threads)
+    keys = {f.name for f in fields(TrainConfig)}
+    cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k in keys})
+    cfg.amp = not args.no_amp
+    cfg.tensorboard = not args.no_tensorboard
+    cfg.extra = {"dump_rank_weights": args.dump_rank_weights}
+    out = Path(args.out)
+    if args.resume:
+        saved = out / "config.json"
+        if saved.is_file():  # the run's own settings win, except how many epochs to reach and where it is now
+            stored = TrainConfig.from_dict(json.loads(saved.read_text()))
+            stored.epochs, stored.device, stored.out = args.epochs, args.device, str(out)
+            cfg = stored
+    elif out.is_file() or out.is_dir() and any(out.iterdir()):
+        names = sorted(p.name for p in out.iterdir())[:5] if out.is_dir() else []
+        raise ValueError(f"train --out {out} is not a new folder ({', '.join(names) or 'a file'}): nothing was "
+                         "changed; choose a new folder, or --resume to continue the run in it")
+    metrics = train(cfg, resume=args.resume)
+    if metrics:
+        log.info("final validation: %s", fmt(metrics))
+    return 0

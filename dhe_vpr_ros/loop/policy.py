@@ -1,0 +1,93 @@
+# Copyright 2026 dhe_vpr_ros maintainers
+# SPDX-License-Identifier: Apache-2.0
+"""The loop-closure settings a node runs with, checked, and their calibrated defaults.
+
+``LoopPolicy`` holds every setting the node can change live that decides what becomes a loop
+closure: the score threshold, the sequence verification (``sequence``), the time gap that keeps
+a run from matching its own recent past, and how the map grows with keyframes.
+"""
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, fields
+
+from .sequence import SequenceSettings, Verdict
+
+__all__ = ["AUTO", "CALIBRATED_MIN_SCORE", "LOOP_CLOSURE_PARAMETERS", "LoopPolicy", "SEQUENCE_PARAMETERS",
+           "pose_variance_scale"]
+
+AUTO = -1.0  # min_score: the calibrated threshold of the active re-ranker
+# The sequence score each re-ranker must reach for a loop closure with the default sequence
+# settings: chosen by benchmarks/calibrate_defaults.py on the real sequences (README "Loop
+# closures you can trust"). Scores are inlier counts (dhe, ransac, magsac) or a cosine (none):
+# the global descriptor alone reached no useful precision, so its threshold is one a cosine
+# never reaches (it publishes matches, not loop closures, unless `calibrate` says otherwise).
+CALIBRATED_MIN_SCORE = {"dhe": 106.0, "ransac": 127.0, "magsac": 124.0, "none": 2.0}
+_SEQUENCE_FIELDS = {"sequence_length": "length", "sequence_tolerance": "tolerance",
+                    "sequence_max_speed": "max_speed", "sequence_min_agreeing": "min_agreeing",
+                    "min_distinctiveness": "min_distinctiveness",
+                    "distinctiveness_neighbourhood": "neighbourhood"}
+# The LoopPolicy fields of the sequence verification, and with min_score all that decides whether
+# a match is a loop closure: what `calibrate` writes, `evaluate` takes as options and reports.
+SEQUENCE_PARAMETERS = tuple(_SEQUENCE_FIELDS)
+LOOP_CLOSURE_PARAMETERS = ("min_score", *SEQUENCE_PARAMETERS)
+
+
+@dataclass(frozen=True)
+class LoopPolicy:
+    """The settings the node can change live (validated here, so the node and tests agree)."""
+
+    min_score: float = AUTO
+    min_time_gap_sec: float = 30.0
+    add_keyframes: bool = False
+    keyframe_min_interval_sec: float = 1.0
+    max_places: int = 100000
+    sequence_length: int = SequenceSettings.length
+    sequence_tolerance: int = SequenceSettings.tolerance
+    sequence_max_speed: float = SequenceSettings.max_speed
+    sequence_min_agreeing: int = SequenceSettings.min_agreeing
+    min_distinctiveness: float = SequenceSettings.min_distinctiveness
+    distinctiveness_neighbourhood: int = SequenceSettings.neighbourhood
+
+    def __post_init__(self):
+        for name in ("min_time_gap_sec", "keyframe_min_interval_sec"):
+            value = getattr(self, name)
+            if not math.isfinite(value) or value < 0:
+                raise ValueError(f"{name} must be a finite number >= 0, not {value}")
+        if not math.isfinite(self.min_score) or self.min_score < 0 and self.min_score != AUTO:
+            raise ValueError(f"min_score must be -1 (the calibrated default of the re-ranker) or a finite "
+                             f"number >= 0, not {self.min_score}")
+        if self.max_places < 1:
+            raise ValueError(f"max_places must be at least 1, not {self.max_places}")
+        try:
+            self.sequence()
+        except ValueError as exc:  # name the policy's field, not the settings'
+            message = str(exc)
+            for name, short in _SEQUENCE_FIELDS.items():
+                message = re.sub(rf"\b{short}\b", name, message)
+            raise ValueError(message) from None
+
+    @classmethod
+    def from_mapping(cls, values: dict) -> "LoopPolicy":
+        return cls(**{f.name: values[f.name] for f in fields(cls) if f.name in values})
+
+    def sequence(self) -> SequenceSettings:
+        return SequenceSettings(**{short: getattr(self, name) for name, short in _SEQUENCE_FIELDS.items()})
+
+    def threshold(self, reranker: str) -> float:
+        """The score a loop closure needs under ``reranker`` (the calibrated one for AUTO)."""
+        return CALIBRATED_MIN_SCORE[reranker] if self.min_score == AUTO else self.min_score
+
+    def verifies(self, verdict: Verdict, reranker: str) -> bool:
+        return verdict.passes(self.sequence(), self.threshold(reranker))
+
+
+def pose_variance_scale(verdict: Verdict, threshold: float, length: int) -> float:
+    """How much the matched pose's variance grows with weaker evidence: 1 for a sequence score
+    of twice the threshold or more with every frame of the window agreeing, growing with the
+    square of the score's shortfall and with the share of frames that do not agree:
+    ``(2 threshold / min(score, 2 threshold))^2 * length / max(agreeing, 1)``."""
+    full = 2.0 * threshold
+    score_term = (full / min(verdict.score, full)) ** 2 if full > 0 and verdict.score > 0 else 1.0
+    return float(score_term * length / max(verdict.agreeing, 1))

@@ -1,0 +1,265 @@
+# Copyright 2026 dhe_vpr_ros maintainers
+# SPDX-License-Identifier: Apache-2.0
+"""The map database: places with global descriptors (a FAISS index) and local feature grids.
+
+``MapDatabase`` is a map in memory: its index, its places' records, its grids (the stored rows
+read on demand, new rows spilled to disk) and its static-cell mask. ``open`` reads a map
+directory with every file checked (``format``); ``save`` writes one atomically under the map's
+writer lock (``storage``), never over something that is not a map, or that another process
+changed since this one read it.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import faiss
+import numpy as np
+
+from ..atomic import LockTimeout, fsync_directory, release_writer_lock, try_writer_lock, umask_mode, writer_lock
+from ..method.identity import ModelIdentity
+from .format import (ALL_MAP_FILES, CELL_SUMS, FORMAT, GLOBAL_INDEX, LOCAL_GRIDS, MANIFEST, MASK_PICTURE, PLACES,
+                     VERSION, MapError, check_grid_file, check_replaceable, mask_record, model_mismatch, read_cells,
+                     read_index, read_manifest, read_places)
+from .grids import GridFile, SpillFile
+from .records import Place, check_place
+from .static_mask import CellMask, CellStatistics, MaskSettings, mask_picture
+from .storage import check_unchanged, clean_leftovers, fsync_file, reading, swap_in
+
+__all__ = ["MapDatabase"]
+
+log = logging.getLogger(__name__)
+
+
+def _make_index(dim: int, index_type: str):
+    if index_type == "flat":
+        return faiss.IndexFlatIP(dim)
+    if index_type == "hnsw":
+        return faiss.IndexHNSWFlat(dim, 32, faiss.METRIC_INNER_PRODUCT)
+    raise ValueError(f"unknown index type {index_type!r}; choose 'flat' (exact) or 'hnsw' (approximate)")
+
+
+@dataclass
+class MapDatabase:
+    """An opened (or in-memory, growing) map. Place ids are rows: 0..N-1, stable on append."""
+
+    identity: ModelIdentity
+    index_type: str = "flat"
+    places: list[Place] = field(default_factory=list)
+    build_info: dict = field(default_factory=dict)  # e.g. the checkpoint path and file hash
+    _index: object = None
+    _local: GridFile | None = None  # the stored grids when opened from disk
+    spill_dir: str | None = None  # where grids added since opening wait (default: system temp)
+    _spill: SpillFile | None = None
+    mask_settings: MaskSettings = field(default_factory=MaskSettings)
+    _cells: CellStatistics | None = None  # None: an older map whose sums are computed on first use
+    preview: np.ndarray | None = None  # one frame of the map, for static_mask.png
+    _mask: CellMask | None = None
+    _known: dict = field(default_factory=dict)  # map path -> revision this object read or wrote
+
+    def __post_init__(self):
+        if self._index is None:
+            self._index = _make_index(self.identity.global_dim, self.index_type)
+        if self._cells is None and not self.places:
+            self._cells = CellStatistics.empty(self.identity.local_shape)
+
+    # -- the static-cell mask -------------------------------------------------------------
+    @property
+    def cells(self) -> CellStatistics:
+        if self._cells is None:  # an older map: sum its grids once
+            log.info("computing the static-cell statistics of this map (%d places; once, kept when it is saved)",
+                     len(self))
+            self._cells = CellStatistics.empty(self.identity.local_shape)
+            for start in range(0, len(self), 256):
+                self._cells.add(self.local_features(np.arange(start, min(start + 256, len(self)))))
+        return self._cells
+
+    @property
+    def mask(self) -> CellMask:
+        """Which grid cells may vote: learned static cells and the user's mask taken out."""
+        if self._mask is None:
+            self._mask = CellMask.derive(self.cells, self.mask_settings)
+        return self._mask
+
+    def set_mask_settings(self, settings: MaskSettings) -> None:
+        self.mask_settings, self._mask = settings, None
+
+    def usable_cells(self) -> np.ndarray | None:
+        """(H*W,) bool cells that may vote, or None when all may."""
+        mask = self.mask
+        return None if mask.all_usable else mask.usable.reshape(-1)
+
+    # -- content ------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self.places)
+
+    def add(self, global_descriptors: np.ndarray, local_grids: np.ndarray,
+            places: list[Place] | None = None) -> list[int]:
+        """Append places in memory; returns their ids. Descriptors (N, D) are re-normalised."""
+        g = np.ascontiguousarray(global_descriptors, dtype=np.float32).reshape(-1, self.identity.global_dim)
+        loc = np.asarray(local_grids)
+        if loc.shape[1:] != self.identity.local_shape or loc.shape[0] != g.shape[0]:
+            raise MapError(f"local grids of shape {loc.shape} do not fit this map "
+                           f"({g.shape[0]} x {self.identity.local_shape})")
+        if not np.isfinite(g).all() or not np.isfinite(loc).all():
+            raise MapError("refusing to add places whose descriptors or grids are not finite (NaN or Inf): the "
+                           "model produced them; nothing was added")
+        faiss.normalize_L2(g)
+        first = len(self.places)
+        ids = list(range(first, first + g.shape[0]))
+        places = places or [Place(i) for i in ids]
+        for pid, place in zip(ids, places):
+            place.place_id = pid
+            try:
+                check_place(place)
+            except ValueError as exc:
+                raise MapError(f"refusing to add the place from {place.source or pid}: {exc}; nothing was added") \
+                    from None
+        self._index.add(g)
+        if self._spill is None:
+            self._spill = SpillFile(self.identity.local_shape, self.spill_dir)
+        self._spill.append(loc)
+        self.cells.add(loc)
+        self._mask = None
+        self.places.extend(places)
+        return ids
+
+    def search(self, queries: np.ndarray, k: int,
+               exclude_ids: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k by inner product of L2-normalised descriptors: (similarities (Q, k), ids (Q, k)).
+
+        ``exclude_ids`` are skipped inside FAISS (e.g. places too recent to count as a loop);
+        rows are padded with id -1 when fewer than k places are eligible.
+        """
+        q = np.ascontiguousarray(queries, dtype=np.float32).reshape(-1, self.identity.global_dim)
+        faiss.normalize_L2(q)
+        k = min(k, len(self))
+        if k == 0:
+            return np.zeros((q.shape[0], 0), np.float32), np.zeros((q.shape[0], 0), np.int64)
+        if exclude_ids is None or len(exclude_ids) == 0:
+            return self._index.search(q, k)
+        excluded = np.ascontiguousarray(exclude_ids, dtype=np.int64)
+        selector = faiss.IDSelectorNot(faiss.IDSelectorBatch(len(excluded), faiss.swig_ptr(excluded)))
+        params = (faiss.SearchParametersHNSW(sel=selector) if self.index_type == "hnsw"
+                  else faiss.SearchParameters(sel=selector))
+        return self._index.search(q, k, params=params)
+
+    def timestamps_ns(self) -> np.ndarray:
+        """(N,) place stamps in ns, -1 where unknown (for time-gap filtering)."""
+        return np.array([p.timestamp_ns if p.timestamp_ns is not None else -1 for p in self.places],
+                        dtype=np.int64)
+
+    def local_features(self, ids) -> np.ndarray:
+        """float16 (K, C, H, W) grids of the given places; reads only those rows."""
+        ids = np.asarray(ids, dtype=np.int64)
+        stored = 0 if self._local is None else self._local.count
+        out = np.empty((len(ids), *self.identity.local_shape), dtype=np.float16)
+        on_disk = ids < stored
+        if on_disk.any():
+            out[on_disk] = self._local.rows(ids[on_disk])
+        if not on_disk.all():
+            out[~on_disk] = self._spill.rows(ids[~on_disk] - stored)
+        return out
+
+    # -- persistence ----------------------------------------------------------------------
+
+    # -- persistence ----------------------------------------------------------------------
+    def save(self, path: str | os.PathLike, replace: bool = False, lock_timeout: float = 60.0) -> None:
+        """Write the whole map to ``path`` atomically (a crash leaves the previous map intact).
+
+        ``path`` must be new, or an existing map with nothing else in it that this object read
+        or wrote, unchanged since (``replace``: any map); anything else is refused with a
+        MapError and never replaced: no user file is deleted, no other process's places are
+        lost. Writers of one map take turns (``atomic.writer_lock``, waiting at most
+        ``lock_timeout`` s); file-system failures are MapErrors that name the map.
+        """
+        target = Path(path).resolve()
+        try:
+            with writer_lock(target, lock_timeout):
+                check_replaceable(target)
+                check_unchanged(target, self._known, replace, len(self))
+                target.parent.mkdir(parents=True, exist_ok=True)
+                clean_leftovers(target)  # holding the writer lock: any temporary there is a dead writer's
+                revision = uuid.uuid4().hex
+                swap_in(target, lambda tmp: self._write_files(tmp, revision))
+        except LockTimeout as exc:
+            raise MapError(str(exc)) from None
+        except OSError as exc:
+            raise MapError(f"cannot write the map {target}: {exc.strerror or exc}"
+                           + (f" ({exc.filename})" if exc.filename and str(target) not in str(exc.filename) else ""))
+        self._known[str(target)] = revision
+        # from now on this object reads the saved files, and spilled rows are released
+        self._local = GridFile(target / LOCAL_GRIDS, len(self), self.identity.local_shape) if len(self) else None
+        if self._spill is not None:
+            self._spill.close()
+            self._spill = None
+
+    def _write_files(self, tmp: Path, revision: str) -> None:
+        with open(tmp / GLOBAL_INDEX, "wb") as handle:  # Python's I/O: a full disk is an OSError, named
+            handle.write(faiss.serialize_index(self._index).tobytes())
+        # a new map: the spilled grids already are the file; otherwise copy old + new rows
+        if self._local is None and self._spill is not None and self._spill.link_to(tmp / LOCAL_GRIDS):
+            os.chmod(tmp / LOCAL_GRIDS, umask_mode())
+        else:
+            self._write_local(tmp / LOCAL_GRIDS)
+        with open(tmp / PLACES, "w", encoding="utf-8") as handle:
+            for place in self.places:
+                handle.write(json.dumps(place.to_dict()) + "\n")
+        self.cells.sums.astype("<f8").tofile(tmp / CELL_SUMS)
+        manifest = {"format": FORMAT, "version": VERSION, "model": self.identity.to_dict(),
+                    "num_places": len(self), "index": self.index_type, "build": self.build_info, "revision": revision,
+                    "mask": mask_record(self.mask_settings, self.mask)}
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
+        picture = mask_picture(self.preview, self.mask)
+        cv2.imwrite(str(tmp / MASK_PICTURE), cv2.cvtColor(picture, cv2.COLOR_RGB2BGR))
+        for name in ALL_MAP_FILES:
+            fsync_file(tmp / name)
+        fsync_directory(tmp)
+
+    def _write_local(self, path: Path) -> None:
+        with open(path, "wb") as out:
+            for start in range(0, len(self), 256):
+                out.write(self.local_features(np.arange(start, min(start + 256, len(self)))).tobytes())
+
+    @classmethod
+    def open(cls, path: str | os.PathLike, expect: ModelIdentity | None = None) -> "MapDatabase":  # noqa: A003
+        """Open a map read-only, checking every file against the manifest and the manifest
+        against ``expect``; any problem is a MapError naming the file and the field.
+
+        All files are read from one directory (by its file descriptor, under a shared lock), so
+        a writer swapping in a new version meanwhile is never seen half-way: this reads the
+        version it found, whole, or (had it been replaced before the lock) the new one.
+        Leftovers of a writer that died beside this map are removed when no writer is at work.
+        """
+        path = Path(path)
+        if (fd := try_writer_lock(path)) is not None:  # no writer at work: what lies beside it is debris
+            try:
+                clean_leftovers(path.resolve())
+            finally:
+                release_writer_lock(path, fd)
+        for _ in range(20):
+            with reading(path) as root:
+                if root is not None:
+                    return cls._read(path, root, expect)
+        raise MapError(f"map {path} is being replaced again and again; try again")
+
+    @classmethod
+    def _read(cls, path: Path, root: Path, expect: ModelIdentity | None) -> "MapDatabase":
+        manifest = read_manifest(path, root)
+        identity, num = manifest["identity"], manifest["num_places"]
+        if expect is not None and identity != expect:
+            raise MapError(model_mismatch(path, identity, expect, manifest["build"]))
+        index = read_index(path, num, identity.global_dim, root)
+        local_file = check_grid_file(path, root, num, identity.local_shape)
+        places = read_places(path, num, root)
+        cells = read_cells(path, identity.local_shape, num, root)
+        local = GridFile(local_file, num, identity.local_shape) if num else None
+        database = cls(identity, manifest["index"], places, manifest["build"], index, local,
+                       mask_settings=manifest["mask"], _cells=cells)
+        database._known[str(path.resolve())] = manifest["revision"]
+        return database

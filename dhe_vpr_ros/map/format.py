@@ -1,0 +1,241 @@
+# Copyright 2026 dhe_vpr_ros maintainers
+# SPDX-License-Identifier: Apache-2.0
+"""The map's files: their names, what each holds, and reading them back with every field checked.
+
+Layout of ``MAP/``::
+
+    manifest.json   format, version, model identity (backbone, checkpoint hash, input size),
+                    feature shapes, number of places, index type, revision, mask settings
+    global.faiss    FAISS index of L2-normalised global descriptors (inner product);
+                    the FAISS row is the place id
+    local.f16       float16 (N, C, H, W) local grids, raw rows: a query reads only its K
+                    candidates' rows (one pread each), so a large map never has to fit in RAM
+    places.jsonl    one JSON object per place: place_id, source, timestamp_ns, pose, utm,
+                    image_size
+    cells.f64       float64 (C, H, W): the sum of every place's local grid, from which the
+                    static-cell mask is learned (``static_mask``; absent in older maps)
+    static_mask.png the mask drawn over one of the map's frames (for people; never read)
+
+The manifest's ``mask`` field holds how the mask is made (threshold, the user's cells, ROI).
+Reading checks every file and field and raises ``MapError`` naming the file and the field
+instead of returning wrong matches.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+from ..json_fields import field, numbers
+from ..method.identity import ModelIdentity
+from .records import Place
+from .static_mask import CellMask, CellStatistics, MaskError, MaskSettings
+
+__all__ = ["ALL_MAP_FILES", "CELL_SUMS", "FORMAT", "GLOBAL_INDEX", "INDEX_TYPES", "LOCAL_GRIDS", "MANIFEST",
+           "MAP_FILES", "MASK_PICTURE", "PLACES", "VERSION", "MapError", "check_grid_file", "check_replaceable",
+           "is_map", "map_manifest", "mask_record", "mask_settings_from", "model_mismatch", "read_cells", "read_index",
+           "read_manifest", "read_places", "revision_of"]
+
+FORMAT = "dhe_vpr_ros.map"
+VERSION = 1
+MANIFEST, GLOBAL_INDEX, LOCAL_GRIDS, PLACES = "manifest.json", "global.faiss", "local.f16", "places.jsonl"
+CELL_SUMS, MASK_PICTURE = "cells.f64", "static_mask.png"
+MAP_FILES = (GLOBAL_INDEX, LOCAL_GRIDS, PLACES, MANIFEST)  # required; the two above are optional
+ALL_MAP_FILES = (*MAP_FILES, CELL_SUMS, MASK_PICTURE)
+INDEX_TYPES = ("flat", "hnsw")
+
+
+class MapError(RuntimeError):
+    """A map is missing, corrupt, of a newer format, or built with another model."""
+
+
+def revision_of(manifest: dict) -> str:
+    """The revision a map's manifest records ("" for maps written before revisions existed)."""
+    value = manifest.get("revision")
+    return value if isinstance(value, str) else ""
+
+
+def model_mismatch(path: Path, identity: ModelIdentity, expect: ModelIdentity, build: dict) -> str:
+    diffs = [f"{k}: map {v!r} vs model {expect.to_dict()[k]!r}"
+             for k, v in identity.to_dict().items() if v != expect.to_dict()[k]]
+    built_with = build.get("checkpoint") or "ImageNet backbone, no checkpoint"
+    return (f"map {path} was built with another model ({'; '.join(diffs)}); "
+            f"rebuild the map or load the checkpoint it was built with ({built_with})")
+
+
+def read_manifest(path: Path, root: Path | None = None) -> dict:
+    """The checked manifest: identity, num_places, index type, build info, mask settings, revision
+    (read from ``root``, the same directory by file descriptor, when given)."""
+    file = (root or path) / MANIFEST
+    if not file.is_file():
+        raise MapError(f"no map at {path}: {MANIFEST} is missing (build one with build-map)")
+    try:
+        manifest = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise MapError(f"map manifest {path / MANIFEST} is unreadable: {exc}") from exc
+    if not isinstance(manifest, dict):
+        raise MapError(f"map manifest {path / MANIFEST} holds a {type(manifest).__name__}, not an object")
+    if manifest.get("format") != FORMAT:
+        raise MapError(f"{path} is not a dhe_vpr_ros map ({path / MANIFEST}: format {manifest.get('format')!r})")
+    try:
+        version = field(manifest, "version", int)
+        if version > VERSION:
+            raise MapError(f"map {path} has format version {version}, newer than this "
+                           f"dhe_vpr_ros supports ({VERSION}); upgrade the package")
+        identity = ModelIdentity.from_dict(field(manifest, "model", dict))
+        num = field(manifest, "num_places", int)
+        if num < 0:
+            raise ValueError(f"field 'num_places' is {num}")
+        index = field(manifest, "index", str, optional=True) or "flat"
+        if index not in INDEX_TYPES:
+            raise ValueError(f"field 'index' is {index!r}, not one of {', '.join(INDEX_TYPES)}")
+        build = field(manifest, "build", dict, optional=True) or {}
+        mask = mask_settings_from(field(manifest, "mask", dict, optional=True), identity.local_shape[1:])
+        revision = field(manifest, "revision", str, optional=True) or ""
+    except ValueError as exc:
+        raise MapError(f"map manifest {path / MANIFEST}: {exc}") from None
+    return {"identity": identity, "num_places": num, "index": index, "build": build, "mask": mask,
+            "revision": revision}
+
+
+def mask_record(settings: MaskSettings, mask: CellMask) -> dict:
+    """The manifest's ``mask`` field: how the mask is made, and (for people) what it is now."""
+    return {"threshold": settings.threshold, "roi": list(settings.roi), "user_file": settings.user_file,
+            "user_masked_cells": np.flatnonzero(mask.user.reshape(-1)).tolist(),
+            "static_cells": None if mask.static is None else np.flatnonzero(mask.static.reshape(-1)).tolist(),
+            "summary": mask.summary()}
+
+
+def mask_settings_from(record: dict | None, grid: tuple[int, int]) -> MaskSettings:
+    """MaskSettings from the manifest (defaults for an older map without the field)."""
+    if record is None:
+        return MaskSettings()
+    threshold = field(record, "threshold", (int, float))
+    roi = numbers(record, "roi", 4) or (0.0, 0.0, 0.0, 0.0)
+    cells = field(record, "user_masked_cells", list, optional=True) or []
+    size = grid[0] * grid[1]
+    if any(isinstance(c, bool) or not isinstance(c, int) or not 0 <= c < size for c in cells):
+        raise ValueError(f"field 'user_masked_cells' must list cell indices from 0 to {size - 1}")
+    usable = None
+    if cells:
+        usable = np.ones(size, bool)
+        usable[cells] = False
+        usable = usable.reshape(grid)
+    try:
+        return MaskSettings(float(threshold), usable, tuple(float(v) for v in roi),
+                            field(record, "user_file", str, optional=True))
+    except MaskError as exc:
+        raise ValueError(f"field 'mask': {exc}") from None
+
+
+def read_cells(path: Path, local_shape: tuple[int, int, int], num: int,
+               root: Path | None = None) -> CellStatistics | None:
+    """The stored cell sums, checked; None for an older map without them."""
+    file = (root or path) / CELL_SUMS
+    if not file.is_file():
+        return None
+    expected = int(np.prod(local_shape)) * 8
+    if file.stat().st_size != expected:
+        raise MapError(f"map {path}: {CELL_SUMS} has {file.stat().st_size} bytes, expected {expected} "
+                       "(truncated or from another map)")
+    sums = np.fromfile(file, dtype="<f8").reshape(local_shape)
+    if not np.isfinite(sums).all():
+        raise MapError(f"map {path}: {CELL_SUMS} holds values that are not finite; rebuild the map")
+    return CellStatistics(sums.astype(np.float64), num)
+
+
+def read_index(path: Path, num: int, dim: int, root: Path | None = None):
+    """The FAISS index, checked against the manifest before and after reading, its vectors finite."""
+    file = (root or path) / GLOBAL_INDEX
+    if not file.is_file():
+        raise MapError(f"map {path} is missing its global index {GLOBAL_INDEX}")
+    vectors_bytes = num * dim * 4
+    # the file holds the vectors and, for HNSW, at most a few KB of links per place: anything
+    # else is corrupt, and reading it could make FAISS allocate whatever its header claims
+    if not vectors_bytes <= file.stat().st_size <= vectors_bytes + 4096 * num + (1 << 20):
+        raise MapError(f"map {path}: {GLOBAL_INDEX} has {file.stat().st_size} bytes, not what {num} "
+                       f"descriptors of {dim} floats need (corrupt or from another map)")
+    try:
+        index = faiss.read_index(str(file))
+    except (RuntimeError, MemoryError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise MapError(f"map {path}: {GLOBAL_INDEX} is corrupt ({reason})") from None
+    if index.ntotal != num or index.d != dim:
+        raise MapError(f"map {path}: {GLOBAL_INDEX} holds {index.ntotal} x {index.d}, manifest says "
+                       f"{num} x {dim}")
+    for start in range(0, num, 8192):  # bounded memory for a large map
+        chunk = index.reconstruct_n(start, min(8192, num - start))
+        bad = np.flatnonzero(~np.isfinite(chunk).all(axis=1))
+        if bad.size:
+            raise MapError(f"map {path}: {GLOBAL_INDEX}: the global descriptor of place {start + int(bad[0])} "
+                           "is not finite (NaN or Inf); rebuild the map")
+    return index
+
+
+def check_grid_file(path: Path, root: Path, num: int, local_shape: tuple[int, int, int]) -> Path:
+    """The grid file, checked to hold exactly ``num`` rows of ``local_shape`` float16 values."""
+    expected_bytes = num * int(np.prod(local_shape)) * 2
+    local_file = root / LOCAL_GRIDS
+    actual = local_file.stat().st_size if local_file.is_file() else -1
+    if actual != expected_bytes:
+        raise MapError(f"map {path}: {LOCAL_GRIDS} has {max(actual, 0)} bytes, expected "
+                       f"{expected_bytes} for {num} places (truncated or missing file)")
+    return local_file
+
+
+def read_places(path: Path, num: int, root: Path | None = None) -> list[Place]:
+    file = (root or path) / PLACES
+    try:
+        lines = file.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise MapError(f"map {path}: place metadata {PLACES} is missing") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise MapError(f"map {path}: {path / PLACES} is unreadable ({exc})") from None
+    places = []
+    for number, line in enumerate((ln for ln in lines if ln.strip()), 1):
+        try:
+            place = Place.from_dict(json.loads(line))
+        except json.JSONDecodeError as exc:
+            raise MapError(f"map {path}: {PLACES} line {number} is not JSON ({exc})") from None
+        except ValueError as exc:
+            raise MapError(f"map {path}: {PLACES} line {number}: {exc}") from None
+        if place.place_id != number - 1:
+            raise MapError(f"map {path}: {PLACES} line {number}: field 'place_id' is {place.place_id}, "
+                           f"expected {number - 1}")
+        places.append(place)
+    if len(places) != num:
+        raise MapError(f"map {path}: {len(places)} place records in {PLACES} for {num} places")
+    return places
+
+
+def is_map(path: Path) -> bool:
+    """A directory holding a dhe_vpr_ros manifest (whatever its state)."""
+    return map_manifest(path) is not None
+
+
+def map_manifest(path: Path) -> dict | None:
+    """The manifest of the dhe_vpr_ros map at ``path`` as read, unchecked; None when it holds none."""
+    try:
+        manifest = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    return manifest if isinstance(manifest, dict) and manifest.get("format") == FORMAT else None
+
+
+def check_replaceable(target: Path) -> None:
+    """MapError unless ``target`` is absent, an empty directory, or a map directory holding
+    only map files: nothing else is ever replaced."""
+    if not target.exists() and not target.is_symlink():
+        return
+    if target.is_dir() and not target.is_symlink() and not any(target.iterdir()):
+        return
+    if not target.is_dir() or not is_map(target):
+        kind = "directory" if target.is_dir() else "file"
+        raise MapError(f"refusing to write a map to {target}: it is an existing {kind} that is not a "
+                       "dhe_vpr_ros map; choose a new path (nothing was changed)")
+    foreign = sorted(p.name for p in target.iterdir() if p.name not in ALL_MAP_FILES)
+    if foreign:
+        raise MapError(f"refusing to replace the map {target}: it also holds files that are not part "
+                       f"of a map ({', '.join(foreign[:5])}); move them or choose a new path")

@@ -1,0 +1,105 @@
+# Copyright 2026 dhe_vpr_ros maintainers
+# SPDX-License-Identifier: Apache-2.0
+"""The places' local feature grids on disk: the stored rows of a map (read K rows per query, by
+pread), and the rows added since it was opened (spilled to a temporary file, not kept in RAM)."""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from ..atomic import link_unnamed, locked_tempfile, remove_stale, unnamed_tempfile
+from .format import MapError
+
+__all__ = ["GridFile", "SpillFile", "read_rows"]
+
+log = logging.getLogger(__name__)
+
+
+def read_rows(fd: int, index: np.ndarray, row_shape: tuple[int, int, int]) -> np.ndarray:
+    """Rows ``index`` of a raw float16 (N, *row_shape) file, one pread each.
+
+    pread rather than a memory map: reading K rows then costs K rows of I/O and no more,
+    whereas mapped pages are counted in the process's resident memory (the kernel maps file
+    pages in 2 MB folios) and a long-running node would appear to grow without bound.
+    """
+    row_bytes = int(np.prod(row_shape)) * 2
+    out = np.empty((len(index), *row_shape), dtype=np.float16)
+    view = out.reshape(len(index), -1).view(np.uint8)
+    for j, row in enumerate(np.asarray(index, dtype=np.int64)):
+        got = os.preadv(fd, [view[j]], int(row) * row_bytes)
+        if got != row_bytes:
+            raise MapError(f"short read of map row {row} ({got} of {row_bytes} bytes): file truncated?")
+    return out
+
+
+class GridFile:
+    """Read-only access to the stored local grids (local.f16)."""
+
+    def __init__(self, path: Path, count: int, row_shape: tuple[int, int, int]):
+        self.path, self.count, self.row_shape = Path(path), count, row_shape
+        self.fd = os.open(path, os.O_RDONLY)
+
+    def rows(self, index: np.ndarray) -> np.ndarray:
+        return read_rows(self.fd, index, self.row_shape)
+
+    def __del__(self):
+        with contextlib.suppress(Exception):
+            os.close(self.fd)
+
+
+class SpillFile:
+    """Grids added since the map was opened, appended to a temporary file, so building a large
+    map needs disk, not RAM. Rows are read back with pread. The file has no name (O_TMPFILE):
+    a killed process leaves nothing behind. Where the file system cannot, it is a named file,
+    locked while its process lives, that the next open beside it removes."""
+
+    PREFIX, SUFFIX = ".grids-", ".spill"
+
+    def __init__(self, shape: tuple[int, int, int], directory: str | None):
+        self.row_shape = shape
+        stale = remove_stale(directory or tempfile.gettempdir(), self.PREFIX, self.SUFFIX)  # of killed processes
+        if stale:
+            log.info("removed %d spilled-grid files of processes that are gone: %s", len(stale),
+                     ", ".join(str(p) for p in stale))
+        try:
+            fd, self.path = unnamed_tempfile(directory), None
+        except OSError:
+            fd, self.path = locked_tempfile(directory, self.PREFIX, self.SUFFIX)  # locked while we live
+        self.handle = os.fdopen(fd, "w+b")
+        self.count = 0
+
+    def append(self, grids: np.ndarray) -> None:
+        self.handle.write(np.ascontiguousarray(grids, dtype=np.float16).tobytes())
+        self.handle.flush()
+        self.count += grids.shape[0]
+
+    def rows(self, index: np.ndarray) -> np.ndarray:
+        return read_rows(self.handle.fileno(), index, self.row_shape)
+
+    def link_to(self, path: Path) -> bool:
+        """Give the spilled rows a second name (no copy; the spill name goes on close()).
+        False where a hard link is impossible (another filesystem), then the caller copies."""
+        self.handle.flush()
+        try:
+            if self.path is None:
+                link_unnamed(self.handle.fileno(), path)
+            else:
+                os.link(self.path, path)
+        except OSError:
+            return False
+        return True
+
+    def close(self) -> None:
+        self.handle.close()
+        if self.path is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path)
+
+    def __del__(self):
+        with contextlib.suppress(Exception):
+            self.close()

@@ -1,0 +1,119 @@
+# Copyright 2026 dhe_vpr_ros maintainers
+# SPDX-License-Identifier: Apache-2.0
+"""Writing a map directory without ever corrupting it, reading one while another process writes.
+
+A new version is written into a locked temporary sibling directory, fsynced, and swapped in
+atomically (``renameat2(RENAME_EXCHANGE)`` on Linux); the replaced version is deleted once its
+readers are done (they hold a shared lock on the directory they opened). Leftovers of a killed
+writer are removed on the next open or write, only when no living process holds them.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Callable
+
+from ..atomic import exchange, fsync_directory, locked_tempdir, remove_stale
+from ..json_fields import field
+from .format import MANIFEST, MapError, map_manifest, revision_of
+from .grids import SpillFile
+
+__all__ = ["check_unchanged", "clean_leftovers", "fsync_file", "reading", "swap_in"]
+
+log = logging.getLogger(__name__)
+
+
+def fsync_file(path: Path) -> None:
+    with open(path, "rb") as handle:
+        os.fsync(handle.fileno())
+
+
+@contextlib.contextmanager
+def reading(path: Path):
+    """The map directory as it is now, held: a path into it by its file descriptor (a writer
+    removes a replaced version only after its readers are done), or None when it was replaced
+    between opening and locking (read again)."""
+    if not (path / MANIFEST).is_file():
+        raise MapError(f"no map at {path}: {MANIFEST} is missing (build one with build-map)")
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError as exc:
+        raise MapError(f"cannot open the map {path}: {exc.strerror}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        root = Path(f"/proc/self/fd/{fd}")
+        if not root.is_dir():  # no /proc: read by name (a writer's swap may then be seen)
+            root = path
+        yield root if (root / MANIFEST).is_file() else None
+    finally:
+        os.close(fd)
+
+
+def remove_when_unread(directory: Path) -> None:
+    """Delete a replaced map version once the readers that hold it have finished."""
+    try:
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        shutil.rmtree(directory, ignore_errors=True)
+    finally:
+        os.close(fd)
+
+
+def check_unchanged(target: Path, known: dict, replace: bool, count: int) -> None:
+    """MapError unless the map at ``target`` (if any) is the version this process read or wrote
+    (``known``: path -> revision); ``replace`` skips the check."""
+    manifest = None if replace else map_manifest(target)
+    if manifest is None:
+        return
+    if str(target) not in known:
+        raise MapError(f"refusing to replace the map {target}: this process did not open or write it (nothing "
+                       "was changed); to add to it open it first (build-map --append, the node's map_path), or "
+                       "choose a new path")
+    if known[str(target)] != revision_of(manifest):
+        others = field(manifest, "num_places", int)
+        raise MapError(f"the map {target} was changed by another process since it was read here (it now has "
+                       f"{others} places, this copy {count}): nothing was saved, to lose neither; save to "
+                       "a new path, or open the map again and add to that")
+
+
+def swap_in(target: Path, write: Callable[[Path], None]) -> None:
+    """Write a new version with ``write(tmp)`` into a locked temporary sibling of ``target``, then
+    put it in place atomically; on any failure nothing but the temporary is touched (and it goes)."""
+    tmp, lock = locked_tempdir(target.parent, f".{target.name}.tmp-")
+    try:
+        write(tmp)
+        if target.exists():
+            if not exchange(tmp, target):
+                old = target.with_name(f".{target.name}.old-{os.getpid()}")
+                os.replace(target, old)
+                os.replace(tmp, target)
+                tmp = old
+            fsync_directory(target.parent)
+            remove_when_unread(tmp)
+        else:
+            os.replace(tmp, target)
+            fsync_directory(target.parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    finally:
+        os.close(lock)
+
+
+def clean_leftovers(target: Path) -> list[Path]:
+    """Remove what a killed writer left beside ``target``: its temporary map directories and
+    spilled grids (only those no living process holds)."""
+    parent = target.parent
+    # (a ".NAME.old-PID" directory is never removed: without renameat2 it can be the only copy)
+    removed = remove_stale(parent, f".{target.name}.tmp-") + remove_stale(parent, SpillFile.PREFIX, SpillFile.SUFFIX)
+    if removed:
+        log.info("removed %d leftovers of an interrupted map write: %s", len(removed),
+                 ", ".join(p.name for p in removed))
+    return removed

@@ -1,0 +1,55 @@
+# Copyright 2026 dhe_vpr_ros maintainers
+# SPDX-License-Identifier: Apache-2.0
+"""The node's health on /diagnostics: counters and windows the worker updates, one status the
+timer publishes (rates, latency percentiles, drops, bad input, errors, map size, device)."""
+from __future__ import annotations
+
+import math
+import time
+from collections import deque
+
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+
+__all__ = ["NodeStats", "diagnostics_message"]
+
+
+class NodeStats:
+    """Counters and windows behind /diagnostics (worker and callbacks update, the timer reads)."""
+
+    def __init__(self):
+        self.processed = self.bad = self.errors = self.verified = self.loop_closures = 0
+        self.latencies: deque = deque(maxlen=200)
+        self.rate_window: deque = deque(maxlen=400)
+        self.last_error = ""
+        self.last_error_level = DiagnosticStatus.OK
+
+    def rate(self, kind: str, span: float = 5.0) -> float:
+        now = time.monotonic()
+        return sum(1 for k, t in list(self.rate_window) if k == kind and now - t <= span) / span
+
+    def percentile(self, q: float) -> float:
+        lat = sorted(self.latencies)
+        return lat[min(len(lat) - 1, int(q * (len(lat) - 1)))] if lat else math.nan
+
+
+def diagnostics_message(stats: NodeStats, slots, recognizer, device: str, reranker: str, stamp) -> DiagnosticArray:
+    """One DiagnosticArray: ERROR after processing errors, WARN after bad input, else OK."""
+    status = DiagnosticStatus(name="vpr_node: place recognition", hardware_id=device)
+    status.level, status.message = DiagnosticStatus.OK, "ok"
+    if stats.errors:
+        status.level, status.message = DiagnosticStatus.ERROR, f"processing errors: {stats.errors}"
+    elif stats.bad or stats.last_error_level == DiagnosticStatus.WARN:
+        status.level, status.message = DiagnosticStatus.WARN, f"bad input messages: {stats.bad}"
+    values = {
+        "input_rate_hz": slots.received_rate(), "processed_rate_hz": stats.rate("out"),
+        "frames_received": slots.received, "frames_processed": stats.processed,
+        "frames_dropped": slots.dropped, "bad_messages": stats.bad, "processing_errors": stats.errors,
+        "latency_ms_p50": stats.percentile(0.5), "latency_ms_p95": stats.percentile(0.95),
+        "frames_verified": stats.verified, "loop_closures": stats.loop_closures,
+        "map_places": len(recognizer), "keyframes_added": recognizer.keyframes_added, "map_full": recognizer.map_full,
+        "device": device, "reranker": reranker, "last_error": stats.last_error,
+    }
+    status.values = [KeyValue(key=k, value=f"{v:.2f}" if isinstance(v, float) else str(v)) for k, v in values.items()]
+    array = DiagnosticArray(status=[status])
+    array.header.stamp = stamp
+    return array

@@ -1,0 +1,26 @@
+# Copyright 2026 dhe_vpr_ros maintainers
+# SPDX-License-Identifier: Apache-2.0
+"""How the package runs on a machine: thread pools, the device, loading a model (PyTorch or an
+ONNX export in onnxruntime), the newest-frame buffer, and the one factory threads -> device ->
+model -> map -> Localizer.
+
+Importing this subpackage loads no torch (the thread settings must be in place first); the
+other names are imported when first used.
+"""
+import importlib
+
+from .threads import ThreadSettings, configure_threads, default_threads, set_wait_policy
+
+__all__ = ["FrameSlots", "OnnxError", "RUNTIMES", "ThreadSettings", "configure_threads", "default_checkpoint",
+           "default_threads", "export_model", "load_any_model", "load_model", "load_onnx_model", "open_localizer",
+           "resolve_device", "set_wait_policy"]
+
+_LAZY = {"FrameSlots": "frame_slots", "OnnxError": "onnx", "RUNTIMES": "loading", "default_checkpoint": "loading",
+         "export_model": "onnx", "load_any_model": "loading", "load_model": "loading", "load_onnx_model": "onnx",
+         "open_localizer": "factory", "resolve_device": "device"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,67 @@
+# Copyright 2026 dhe_vpr_ros maintainers
+# SPDX-License-Identifier: Apache-2.0
+"""Loading the model a command or the node runs: a checkpoint, the shipped default, or an ONNX
+export run by onnxruntime."""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import torch
+
+from .. import DATA_DIR
+from ..method.models import VPRModel, build_model, load_checkpoint
+from ..method.models.checkpoint import file_sha256
+
+__all__ = ["RUNTIMES", "default_checkpoint", "load_any_model", "load_model"]
+
+log = logging.getLogger(__name__)
+
+
+def default_checkpoint() -> Path | None:
+    """The checkpoint shipped inside the package, if this installation has one."""
+    path = DATA_DIR / "default_model.pt"
+    return path if path.is_file() else None
+
+
+def load_model(checkpoint: str | os.PathLike | None = None, backbone: str | None = None,
+               device: torch.device | str = "cpu", logger=None) -> tuple[VPRModel, dict]:
+    """The model for a command: ``checkpoint`` if given, else the shipped default, else the
+    backbone's ImageNet weights with an untrained regressor (DHE scores are then meaningless,
+    which the log says). Returns (model in eval mode on ``device``, build info for the map)."""
+    logger = logger or log
+    if checkpoint:
+        model, _ = load_checkpoint(checkpoint, expect_backbone=backbone or None, device=device)
+        return model, {"checkpoint": str(checkpoint), "checkpoint_sha256": file_sha256(checkpoint)}
+    shipped = default_checkpoint()
+    if shipped is not None:
+        model, _ = load_checkpoint(shipped, device=device)
+        if not backbone or model.backbone.name == backbone:
+            logger.info("no checkpoint given: using the shipped default model (%s)", shipped.name)
+            return model, {"checkpoint": f"default:{shipped.name}", "checkpoint_sha256": file_sha256(shipped)}
+    name = backbone or "efficientnet_lite0"
+    logger.warning("no checkpoint given: %s with ImageNet weights and an UNTRAINED homography "
+                   "regressor; DHE re-ranking needs a trained checkpoint", name)
+    model = build_model(name, pretrained=True).to(device).eval()
+    return model, {"checkpoint": None, "checkpoint_sha256": None}
+
+
+RUNTIMES = ("torch", "onnxruntime")
+
+
+def load_any_model(checkpoint, backbone, device, logger, runtime: str = "torch", onnx: str | None = None,
+                   threads: int | None = None):
+    """``load_model`` for runtime torch; for onnxruntime the exported folder ``onnx``."""
+    if runtime not in RUNTIMES:
+        raise ValueError(f"unknown runtime {runtime!r}; choose from {', '.join(RUNTIMES)}")
+    if runtime == "torch":
+        return load_model(checkpoint, backbone, device, logger)
+    if not onnx:
+        raise ValueError("runtime onnxruntime needs the exported model folder (--onnx DIR, the node's onnx_dir); "
+                         "write one with `python -m dhe_vpr_ros export --out DIR`")
+    from .onnx import load_onnx_model
+    model = load_onnx_model(onnx, backbone or None, threads)
+    (logger or log).info("runtime onnxruntime: %s (%s)", onnx, ", ".join(model.providers))
+    return model, {"checkpoint": model.meta.get("checkpoint") or f"onnx:{onnx}",
+                   "checkpoint_sha256": model.meta.get("checkpoint_sha256")}

@@ -1,0 +1,283 @@
+# Copyright 2026 dhe_vpr_ros maintainers
+# SPDX-License-Identifier: Apache-2.0
+"""The models as ONNX files, and a model that runs them through onnxruntime.
+
+``export`` writes, into a new folder:
+
+* ``backbone.onnx``: normalised images (B, 3, S, S) -> local grids (B, C, H, W) and global
+  descriptors (B, D), both L2-normalised;
+* ``regressor.onnx``: a query grid (1, C, H, W) and K candidate grids (K, C, H, W) -> the 4
+  point pairs (K, 8, 2) of each homography (the correlation volume is inside the graph);
+* ``model.json``: input size, normalisation, grid geometry, the regressor's config, the map
+  identity (the backbone weights' hash, so that maps built with either runtime are one) and the
+  checkpoint's file hash.
+
+The batch dimension is dynamic in both graphs. ``OnnxVPRModel`` has the interface of
+``VPRModel`` that the Localizer and the re-rankers use (``embed``, ``homographies``,
+``backbone`` attributes), so the whole pipeline runs on it unchanged; the 4-point DLT stays in
+torch (tiny). onnxruntime's providers are taken in the order CUDA/TensorRT where installed,
+then CPU. A Jetson user builds a TensorRT engine from the same files (README).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..atomic import atomic_write
+from ..method.geometry import homography_from_four_points
+from ..method.models import CheckpointError, VPRModel, correlation_volume
+
+__all__ = ["FORMAT", "OnnxError", "OnnxVPRModel", "export_model", "load_onnx_model"]
+
+log = logging.getLogger(__name__)
+
+FORMAT = "dhe_vpr_ros.onnx"
+VERSION = 1
+BACKBONE, REGRESSOR, META = "backbone.onnx", "regressor.onnx", "model.json"
+OPSET = 17
+
+
+class OnnxError(CheckpointError):
+    """An exported model folder that cannot be used: missing, malformed, or for another model."""
+
+
+class _RegressorGraph(nn.Module):
+    """What regressor.onnx computes: grids -> correlation volume -> 4 point pairs."""
+
+    def __init__(self, model: VPRModel):
+        super().__init__()
+        self.regressor = model.regressor
+
+    def forward(self, query: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+        corr = correlation_volume(query[0], candidates, self.regressor.config.grid)
+        return self.regressor(corr)
+
+
+class _BackboneGraph(nn.Module):
+    def __init__(self, model: VPRModel):
+        super().__init__()
+        self.backbone = model.backbone
+
+    def forward(self, images: torch.Tensor):
+        chunking = getattr(self.backbone, "cpu_chunking", None)
+        if chunking is not None:
+            self.backbone.cpu_chunking = False  # the whole batch in one pass: a dynamic batch in the graph
+        try:
+            features = self.backbone(images)
+        finally:
+            if chunking is not None:
+                self.backbone.cpu_chunking = chunking
+        return features.local, features.global_
+
+
+def export_model(model: VPRModel, out: str | os.PathLike, checkpoint_info: dict) -> dict:
+    """Write backbone.onnx, regressor.onnx and model.json into ``out`` (a new or empty folder);
+    returns model.json's content."""
+    from ..method.identity import model_identity
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise OnnxError(f"export --out {out} is not a new or empty folder: nothing was written")
+    model = model.cpu().eval()
+    bb = model.backbone
+    size, grid = bb.input_size, bb.grid_size
+    tmp = out.with_name(f".{out.name}.export-{os.getpid()}")
+    tmp.mkdir(parents=True)
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)  # the fused encoder op has no ONNX form: export the plain one
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the tracer's notes on shape checks that are constant here
+            images = torch.zeros(2, 3, size, size)
+            torch.onnx.export(_BackboneGraph(model), (images,), str(tmp / BACKBONE), dynamo=False,
+                              input_names=["images"], output_names=["local", "global"], opset_version=OPSET,
+                              dynamic_axes={"images": {0: "batch"}, "local": {0: "batch"}, "global": {0: "batch"}})
+            query, candidates = torch.zeros(1, bb.local_dim, grid, grid), torch.zeros(3, bb.local_dim, grid, grid)
+            torch.onnx.export(_RegressorGraph(model), (query, candidates), str(tmp / REGRESSOR), dynamo=False,
+                              input_names=["query", "candidates"], output_names=["points"], opset_version=OPSET,
+                              dynamic_axes={"candidates": {0: "pairs"}, "points": {0: "pairs"}})
+        meta = {"format": FORMAT, "version": VERSION, "backbone": bb.name, "input_size": size, "stride": bb.stride,
+                "local_dim": bb.local_dim, "global_dim": bb.global_dim, "mean": list(bb.mean), "std": list(bb.std),
+                "regressor": model.regressor.config.to_dict(), "identity": model_identity(model).to_dict(),
+                "checkpoint": checkpoint_info.get("checkpoint"),
+                "checkpoint_sha256": checkpoint_info.get("checkpoint_sha256"),
+                "files_sha256": {name: _sha256(tmp / name) for name in (BACKBONE, REGRESSOR)}, "opset": OPSET}
+        with atomic_write(tmp / META, mode="w") as handle:
+            json.dump(meta, handle, indent=2)
+        if out.exists():
+            _move_into(tmp, out)
+        else:
+            os.replace(tmp, out)
+    except BaseException:
+        import shutil
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
+    return meta
+
+
+def _move_into(tmp: Path, out: Path) -> None:
+    """``out`` is an existing empty folder: move the files in, then drop the temporary one."""
+    for item in tmp.iterdir():
+        os.replace(item, out / item.name)
+    tmp.rmdir()
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@dataclass
+class _Backbone:
+    """The attributes of a Backbone the pipeline reads."""
+
+    name: str
+    input_size: int
+    stride: int
+    local_dim: int
+    global_dim: int
+    mean: tuple
+    std: tuple
+
+    @property
+    def grid_size(self) -> int:
+        return self.input_size // self.stride
+
+
+@dataclass
+class _Features:
+    local: torch.Tensor
+    global_: torch.Tensor
+
+
+class _RegressorInfo:
+    def __init__(self, config):
+        self.config = config
+
+    def cpu_chunk(self) -> int:
+        return 32  # onnxruntime runs a whole query's candidates best in one pass
+
+
+class OnnxVPRModel:
+    """VPRModel's interface on onnxruntime sessions; ``providers``: onnxruntime's, best first."""
+
+    def __init__(self, folder: Path, meta: dict, backbone_session, regressor_session):
+        from ..method.identity import ModelIdentity
+        from ..method.models.homography_regressor import RegressorConfig
+        self.folder, self.meta = folder, meta
+        self.backbone = _Backbone(meta["backbone"], meta["input_size"], meta["stride"], meta["local_dim"],
+                                  meta["global_dim"], tuple(meta["mean"]), tuple(meta["std"]))
+        self.regressor = _RegressorInfo(RegressorConfig.from_dict(meta["regressor"]))
+        self._identity = ModelIdentity.from_dict(meta["identity"])
+        self._backbone_session, self._regressor_session = backbone_session, regressor_session
+        self.providers = backbone_session.get_providers()
+
+    # the nn.Module calls the Localizer makes
+    def to(self, device):
+        return self
+
+    def eval(self):  # noqa: A003 - nn.Module's name, which the Localizer calls
+        return self
+
+    @property
+    def config(self) -> dict:
+        return {"backbone": self.backbone.name, "regressor": self.regressor.config.to_dict(), "runtime": "onnxruntime"}
+
+    def embed(self, images: torch.Tensor) -> _Features:
+        local, global_ = self._backbone_session.run(None, {"images": images.detach().cpu().float().numpy()})
+        return _Features(torch.from_numpy(local), torch.from_numpy(global_))
+
+    def homographies(self, query_local: torch.Tensor, candidate_local: torch.Tensor,
+                     chunk_size: int | None = None) -> torch.Tensor:
+        query = query_local.detach().cpu().float().numpy()
+        query = query[None] if query.ndim == 3 else query[:1]
+        candidates = candidate_local.detach().cpu().float().numpy()
+        (points,) = self._regressor_session.run(None, {"query": np.ascontiguousarray(query),
+                                                       "candidates": np.ascontiguousarray(candidates)})
+        points = torch.from_numpy(points).to(candidate_local.device)
+        return homography_from_four_points(points[:, :4], points[:, 4:])
+
+
+def _providers() -> list[str]:
+    import onnxruntime as ort
+    available = ort.get_available_providers()
+    order = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+    return [p for p in order if p in available] or available
+
+
+def _session(path: Path, threads: int | None):
+    import onnxruntime as ort
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    # onnxruntime's threads spin after each run by default: on a shared CPU that takes the cores
+    # torch's refinement and the neighbours need next (the OMP_WAIT_POLICY=PASSIVE of onnxruntime)
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    try:
+        return ort.InferenceSession(str(path), options, providers=_providers())
+    except Exception as exc:  # onnxruntime raises its own types for malformed graphs
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise OnnxError(f"{path} is not a usable ONNX model: {first[:300]}") from None
+
+
+def load_onnx_model(folder: str | os.PathLike, expect_backbone: str | None = None,
+                    threads: int | None = None) -> OnnxVPRModel:
+    """An exported model folder -> a model on onnxruntime; OnnxError naming the file otherwise."""
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        raise OnnxError("runtime onnxruntime needs the onnxruntime package (pip install onnxruntime, or "
+                        "onnxruntime-gpu for CUDA/TensorRT)") from None
+    folder = Path(folder)
+    meta_file = folder / META
+    if not meta_file.is_file():
+        raise OnnxError(f"no exported model at {folder}: {META} is missing (write one with `dhe_vpr_ros export`)")
+    try:
+        meta = json.loads(meta_file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise OnnxError(f"{meta_file} is unreadable: {exc}") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise OnnxError(f"{meta_file} is not a dhe_vpr_ros ONNX export (format {meta.get('format')!r})"
+                        if isinstance(meta, dict) else f"{meta_file} holds no object")
+    if expect_backbone and meta.get("backbone") != expect_backbone:
+        raise OnnxError(f"{folder} holds the {meta.get('backbone')!r} backbone, not {expect_backbone!r}")
+    for name in (BACKBONE, REGRESSOR):
+        if not (folder / name).is_file():
+            raise OnnxError(f"{folder}: {name} is missing")
+        recorded = (meta.get("files_sha256") or {}).get(name)
+        if recorded is not None and recorded != _sha256(folder / name):
+            raise OnnxError(f"{folder / name} is not the file this export wrote (its hash differs from {META}): "
+                            "export again")
+    try:
+        model = OnnxVPRModel(folder, meta, _session(folder / BACKBONE, threads), _session(folder / REGRESSOR, threads))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise OnnxError(f"{meta_file}: {exc}") from None
+    _check_inputs(model, folder)
+    return model
+
+
+def _check_inputs(model: OnnxVPRModel, folder: Path) -> None:
+    """The graphs' declared inputs must fit model.json (a file from another export is refused)."""
+    bb = model.backbone
+    images = model._backbone_session.get_inputs()[0].shape
+    if list(images[1:]) != [3, bb.input_size, bb.input_size]:
+        raise OnnxError(f"{folder / BACKBONE} takes images of shape {images}, but {META} says "
+                        f"3x{bb.input_size}x{bb.input_size}: the files are from different exports")
+    candidates = model._regressor_session.get_inputs()[1].shape
+    if list(candidates[1:]) != [bb.local_dim, bb.grid_size, bb.grid_size]:
+        raise OnnxError(f"{folder / REGRESSOR} takes grids of shape {candidates}, but {META} says "
+                        f"{bb.local_dim}x{bb.grid_size}x{bb.grid_size}: the files are from different exports")
