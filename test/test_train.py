@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import cv2
+import numpy as np
 import pytest
 import torch
 
@@ -133,3 +134,26 @@ def test_labels_only_views_carry_the_same_label_as_full_views():
         pairs.labels_only = False
         assert all(torch.allclose(a["h_true"], b["h_true"]) for a, b in zip(full, labels))
         assert all(b["query"].numel() == 0 for b in labels) and full[0]["query"].shape == (384, 384, 3)
+
+
+def test_a_geo_split_trains_and_validates_recall(tmp_path):
+    """``--dataset``: REI on geo pairs (no labels) and validation by Recall@N on the val split, as
+    the paper trains; each place is seen twice (database and a shifted query view) 5 m apart."""
+    geo = tmp_path / "geo"
+    for split, count in (("train", 4), ("val", 3)):
+        for part, shift in (("database", 0), ("queries", 12)):
+            folder = geo / split / part
+            folder.mkdir(parents=True)
+            for i in range(count):
+                scene = textured_image(400 + i + 10 * (split == "val"), 256)
+                view = np.roll(scene, shift, axis=1)[:192]
+                name = f"@{500000 + 100 * i:.2f}@{4000000 + 5 * (part == 'queries'):.2f}@@.png"
+                cv2.imwrite(str(folder / name), cv2.cvtColor(view, cv2.COLOR_RGB2BGR))
+    out = tmp_path / "run"
+    assert main(["train", "--dataset", str(geo), "--out", str(out), "--epochs", "1", "--batch-size", "2",
+                 "--no-tensorboard", "--val-top-k", "3"]) == 0
+    history = _history(out)
+    assert [h["epoch"] for h in history] == [0, 1]
+    val = history[-1]["val"]
+    assert set(val) >= {"recall@1/none", "recall@1/dhe", "recall@5/dhe"}
+    assert val["recall@5/dhe"] == 100.0  # 3 places: every query's true place is among the first 5

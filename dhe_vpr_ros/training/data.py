@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..loop.groundtruth import geo_run
 from ..map.sources import Frame, bag_frames, folder_frames, geo_split
 from .config import TrainConfig
 from .pairs import GeoPairs, WarpedPairs
@@ -33,8 +34,7 @@ def make_datasets(cfg: TrainConfig, size: int):
         train_q = folder_frames(geo_split(root / "train", "queries"), with_utm=True)
         train_db = folder_frames(geo_split(root / "train", "database"), with_utm=True)
         train = GeoPairs(train_q, train_db, size, cfg.positive_dist_train, cfg.positive_dist_val, cfg.seed)
-        val = {"kind": "geo", "queries": folder_frames(geo_split(root / "val", "queries"), with_utm=True),
-               "database": folder_frames(geo_split(root / "val", "database"), with_utm=True)}
+        val = {"kind": "geo", "run": geo_run(root / "val", cfg.positive_dist_val)}
         return train, val
     if cfg.images:
         frames = _image_frames(cfg)

@@ -34,8 +34,9 @@ def validate(model: VPRModel, val: dict, cfg: TrainConfig, device: torch.device)
     model.eval()
     loc = Localizer(model, MapDatabase(model_identity(model)), device, reranker="dhe", top_k=cfg.val_top_k)
     if val["kind"] == "geo":
-        add_frames(loc, val["database"], 16, len(val["database"]), desc="val database")
-        report = evaluate(loc, val["queries"], ("none", "dhe"), cfg.val_top_k, cfg.positive_dist_val, (1, 5))
+        run = val["run"]
+        add_frames(loc, run.references, 16, len(run.references), desc="val database")
+        report = evaluate(loc, run, ("none", "dhe"), cfg.val_top_k, (1, 5))
         metrics = {f"recall@{n}/{name}": r for name, rec in report["recall"].items() for n, r in rec.items()}
     else:
         metrics = _validate_views(model, loc, val["pairs"], device)
