@@ -7,10 +7,11 @@ killed writer are told from a live one's by trying the lock (``remove_stale``). 
 written gets the permissions the user's umask gives (0644 / 0755 under 022), not the 0600
 of ``mkstemp``.
 
-``writer_lock`` serialises the writers of one target across processes: an exclusive ``flock``
-on a sibling ``.NAME.lock`` file (a stable inode: the target itself is swapped on every write),
-held for a whole read-modify-write, re-entrant within a process. ``unnamed_tempfile`` makes
-scratch files that have no name until they are linked: a killed process leaves nothing.
+What the user protected stays protected: a write-protected target is refused even where a
+rename in its parent would succeed; special files (``-``, /dev/stdout, a FIFO) are written as
+streams, never replaced; a symbolic link is never written through. ``unnamed_tempfile`` makes
+scratch files that have no name until they are linked: a killed process leaves nothing. (The
+writer lock that serialises the writers of one target is ``locks``.)
 """
 from __future__ import annotations
 
@@ -22,20 +23,16 @@ import fcntl
 import logging
 import os
 import shutil
+import stat
+import sys
 import tempfile
-import threading
-import time
 from pathlib import Path
 
-__all__ = ["LockTimeout", "atomic_write", "exchange", "fsync_directory", "link_unnamed", "locked_tempdir",
-           "locked_tempfile", "release_writer_lock", "remove_stale", "try_writer_lock", "umask_mode",
-           "unnamed_tempfile", "writer_lock"]
+__all__ = ["atomic_write", "check_not_protected", "check_output", "exchange", "fsync_directory", "is_stream",
+           "link_unnamed", "lock_exclusive", "locked_tempdir", "locked_tempfile", "remove_stale", "umask_mode",
+           "unnamed_tempfile"]
 
 log = logging.getLogger(__name__)
-
-
-class LockTimeout(TimeoutError):
-    """Another process held the writer lock for longer than we were told to wait."""
 
 
 def fsync_directory(path: str | os.PathLike) -> None:
@@ -66,23 +63,104 @@ def umask_mode(directory: bool = False) -> int:
     return (0o777 if directory else 0o666) & ~_umask()
 
 
-def _lock(fd: int) -> None:
+def lock_exclusive(fd: int) -> None:
+    """An exclusive flock, or BlockingIOError at once when another holds it."""
     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+def check_not_protected(path: str | os.PathLike, what: str = "") -> None:
+    """PermissionError naming the file when ``path`` (or, for a directory, anything directly in
+    it) is write-protected: not writable by this user, or with no write bit at all, which root is
+    refused too. A rename in a writable parent would replace it anyway: that is not ours to do."""
+    path = Path(path)
+    entries = [path]
+    if path.is_dir() and not path.is_symlink():
+        with contextlib.suppress(OSError):
+            entries += sorted(path.iterdir())
+    for entry in entries:
+        try:
+            mode = os.lstat(entry).st_mode
+        except OSError:
+            continue
+        if stat.S_ISLNK(mode):
+            continue
+        if not mode & 0o222 or not os.access(entry, os.W_OK, follow_symlinks=False):
+            target = f"{what} {path}" if what else str(path)
+            raise PermissionError(errno.EACCES, f"is write-protected (chmod u+w it to let {target} be replaced); "
+                                  "nothing was changed", str(entry))
+
+
+def is_stream(path: str | os.PathLike) -> bool:
+    """``-``, or a path that is (or leads to) no regular file: a terminal, /dev/null, /dev/full, a
+    pipe or FIFO, /dev/stdout. Such a path is written to as it is, never replaced."""
+    if str(path) == "-":
+        return True
+    path = Path(path)
+    if str(path).startswith(("/dev/", "/proc/")):
+        return True
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return False
+    return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
+
+
+@contextlib.contextmanager
+def _stream(path: str | os.PathLike, mode: str):
+    """Write to stdout (``-``) or an existing special file; an error of the file names it."""
+    name = "standard output" if str(path) == "-" else str(path)
+    try:
+        if str(path) == "-":
+            handle = os.fdopen(os.dup(sys.stdout.fileno()), mode)
+            sys.stdout.flush()
+        else:
+            handle = open(path, mode)
+        with handle:
+            yield handle
+            handle.flush()
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror or str(exc), name) from None
+
+
+def check_output(path: str | os.PathLike) -> None:
+    """The checks ``atomic_write`` makes, before any work: OSError naming the path when ``path``
+    could not be written (a directory, a link, write-protected, under a file, an unwritable folder)."""
+    if is_stream(path):
+        return
+    target = Path(path)
+    if target.is_symlink():
+        raise OSError(errno.ELOOP, f"is a symbolic link (to {os.readlink(target)}), not a file: give the file's own "
+                      "path, or remove the link; nothing was written", str(target))
+    if target.is_dir():
+        raise IsADirectoryError(errno.EISDIR, "is a directory, not a file", str(target))
+    check_not_protected(target)
+    parent = target.parent
+    while not parent.exists() and not parent.is_symlink() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, f"is not a folder, so {target} cannot be made in it", str(parent))
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise PermissionError(errno.EACCES, f"is not writable, so {target} cannot be made in it", str(parent))
 
 
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike, mode: str = "wb"):
     """Yield a file object; on success it replaces ``path`` atomically, on error ``path`` is
-    untouched. A failure of the file system (full disk, a directory in the way, no permission)
-    is an OSError that names ``path``."""
+    untouched. ``-`` and special files (``is_stream``) are written as streams, never replaced;
+    a symbolic link or a write-protected file is refused. A failure of the file system (full
+    disk, a directory in the way, no permission) is an OSError that names ``path``."""
+    if is_stream(path):
+        with _stream(path, mode) as handle:
+            yield handle
+        return
     target = Path(path)
-    if target.is_dir():
-        raise IsADirectoryError(errno.EISDIR, "is a directory, not a file", str(target))
+    check_output(target)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = locked_tempfile(target.parent, f".{target.name}.", ".tmp")
     except OSError as exc:
-        raise OSError(exc.errno, exc.strerror or str(exc), str(target)) from None
+        where = exc.filename if exc.filename and str(exc.filename) != str(target) else target.parent
+        raise OSError(exc.errno, f"{exc.strerror or exc} (writing {target})", str(where)) from None
     try:
         with os.fdopen(fd, mode) as handle:
             yield handle
@@ -102,7 +180,7 @@ def locked_tempfile(directory: str | os.PathLike | None, prefix: str, suffix: st
     """(fd, path) of a new file, locked for as long as ``fd`` is open, umask permissions."""
     fd, path = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=directory)
     try:
-        _lock(fd)
+        lock_exclusive(fd)
         os.fchmod(fd, umask_mode())
     except BaseException:
         os.close(fd)
@@ -116,7 +194,7 @@ def locked_tempdir(parent: str | os.PathLike, prefix: str) -> tuple[Path, int]:
     path = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
     os.chmod(path, umask_mode(directory=True))
     fd = os.open(path, os.O_RDONLY)
-    _lock(fd)
+    lock_exclusive(fd)
     return path, fd
 
 
@@ -132,11 +210,11 @@ def remove_stale(directory: str | os.PathLike, prefix: str, suffix: str = "") ->
         if not (entry.name.startswith(prefix) and entry.name.endswith(suffix)):
             continue
         try:
-            fd = os.open(entry, os.O_RDONLY)
-        except OSError:
+            fd = os.open(entry, os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError:  # gone, or a link: not a temporary of ours
             continue
         try:
-            _lock(fd)  # raises while the writer lives
+            lock_exclusive(fd)  # raises while the writer lives
         except OSError:
             os.close(fd)
             continue
@@ -164,109 +242,6 @@ def exchange(a: Path, b: Path) -> bool:
     at_fdcwd, rename_exchange = -100, 2
     result = libc.renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange)
     return result == 0
-
-
-_HELD: dict[str, list] = {}  # lock file -> [fd, depth]: this process's writer locks
-_HELD_GUARD = threading.Lock()
-
-
-def lock_path(target: str | os.PathLike) -> Path:
-    target = Path(target).resolve()
-    return target.parent / f".{target.name}.lock"
-
-
-@contextlib.contextmanager
-def writer_lock(target: str | os.PathLike, timeout: float = 60.0, what: str = "the map"):
-    """Hold the exclusive writer lock of ``target`` (waiting at most ``timeout`` seconds, saying
-    so once); LockTimeout when another process keeps it longer. Re-entrant in a process. The
-    lock file is removed again on release (a waiter then finds its inode gone and retries)."""
-    path = lock_path(target)
-    key = str(path)
-    with _HELD_GUARD:
-        held = key in _HELD
-        if held:
-            _HELD[key][1] += 1
-    if held:
-        try:
-            yield
-        finally:
-            with _HELD_GUARD:
-                _HELD[key][1] -= 1
-        return
-    fd = _acquire(path, timeout, f"{what} {Path(target)}")
-    try:
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        with _HELD_GUARD:
-            _HELD[key] = [fd, 1]
-        try:
-            yield
-        finally:
-            with _HELD_GUARD:
-                del _HELD[key]
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
-    finally:
-        os.close(fd)  # releases the flock
-
-
-def _open_locked(path: Path, blocking_ok: bool = False) -> int | None:
-    """An fd holding the flock of the lock file that is at ``path`` now, or None if it is taken."""
-    while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, umask_mode())
-        try:
-            _lock(fd)
-        except BlockingIOError:
-            os.close(fd)
-            return None
-        try:
-            same = os.stat(path).st_ino == os.fstat(fd).st_ino
-        except FileNotFoundError:
-            same = False
-        if same:
-            return fd
-        os.close(fd)  # its holder removed it while we waited: take the new one
-
-
-def _acquire(path: Path, timeout: float, what: str) -> int:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    deadline = time.monotonic() + timeout
-    told = False
-    while True:
-        fd = _open_locked(path)
-        if fd is not None:
-            return fd
-        holder = _read_holder(path)
-        if time.monotonic() >= deadline:
-            raise LockTimeout(f"{what} is being written by {holder}; waited {timeout:g} s for it: try again "
-                              "when it is done (or allow a longer wait, e.g. --lock-timeout)")
-        if not told:
-            log.warning("waiting for %s: %s is writing it (up to %g s)", what, holder, timeout)
-            told = True
-        time.sleep(0.05)
-
-
-def _read_holder(path: Path) -> str:
-    with contextlib.suppress(OSError, ValueError):
-        return f"process {int(path.read_text().strip())}"
-    return "another process"
-
-
-def try_writer_lock(target: str | os.PathLike) -> int | None:
-    """The writer lock of ``target`` if nobody holds it now (an fd: pass it to
-    ``release_writer_lock``), else None (also where the lock cannot be made, e.g. read-only media)."""
-    path = lock_path(target)
-    if str(path) in _HELD:
-        return None  # this process is writing it
-    try:
-        return _open_locked(path)
-    except OSError:
-        return None
-
-
-def release_writer_lock(target: str | os.PathLike, fd: int) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(lock_path(target))
-    os.close(fd)
 
 
 def unnamed_tempfile(directory: str | os.PathLike | None) -> int:

@@ -11,13 +11,14 @@ Output of ``to_rgb`` is always an RGB uint8 (H, W, 3) array, what the backbone c
 from __future__ import annotations
 
 import os
+import stat
 
 import cv2
 import numpy as np
 
 __all__ = ["COMPRESSED_FORMATS", "MAX_PIXELS", "MIN_SIDE", "SUPPORTED_ENCODINGS", "ImageConversionError",
-           "check_pixels", "check_usable", "compressed_dimensions", "compressed_to_rgb", "encode_compressed",
-           "mosaic", "raw_to_rgb", "read_image", "rgb_to_fields", "to_rgb"]
+           "check_pixels", "check_usable", "compressed_dimensions", "compressed_to_rgb", "decode_file",
+           "encode_compressed", "mosaic", "raw_to_rgb", "read_image", "rgb_to_fields", "to_rgb"]
 
 
 class ImageConversionError(ValueError):
@@ -267,12 +268,36 @@ def encode_compressed(rgb: np.ndarray, fmt: str = "jpeg", quality: int = 90) -> 
     return buf.tobytes()
 
 
+def decode_file(path, flags: int = cv2.IMREAD_COLOR, max_pixels: int = MAX_PIXELS) -> np.ndarray | None:
+    """An image file's pixels (OpenCV's layout), None when OpenCV cannot decode it. The bytes are
+    read by Python and decoded in memory: ``cv2.imread`` crashes on a name that is not valid UTF-8
+    and blocks on a FIFO. A PNG or JPEG over ``max_pixels`` is refused from its header."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise FileNotFoundError(f"image not found: {path}") from None
+    except OSError as exc:
+        raise ImageConversionError(f"cannot read {path}: {exc.strerror}") from None
+    if not stat.S_ISREG(mode):
+        raise ImageConversionError(f"{path} is not a regular file (a directory, FIFO or device): not an image")
+    try:
+        data = np.fromfile(path, dtype=np.uint8)
+    except OSError as exc:
+        raise ImageConversionError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if data.size == 0:
+        return None
+    try:
+        check_pixels(*compressed_dimensions(data), max_pixels)
+    except ImageConversionError as exc:
+        if "over the limit" in str(exc):
+            raise ImageConversionError(f"{path}: {exc}") from None  # other formats: OpenCV decides below
+    return cv2.imdecode(data, flags)
+
+
 def read_image(path) -> np.ndarray:
     """An image file -> RGB uint8, or FileNotFoundError / ImageConversionError with the path
     (also for an image too small or too plain to recognise, see ``check_usable``)."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"image not found: {path}")
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    image = decode_file(path, cv2.IMREAD_COLOR)
     if image is None:
         raise ImageConversionError(f"cannot read image {path}: not an image OpenCV can decode")
     try:

@@ -44,7 +44,7 @@ def one_error(caplog) -> str:
 _APPENDER = textwrap.dedent("""
     import sys
     import numpy as np
-    from dhe_vpr_ros.atomic import writer_lock
+    from dhe_vpr_ros.locks import writer_lock
     from dhe_vpr_ros.map.database import MapDatabase
     from dhe_vpr_ros.map.records import Place
     from dhe_vpr_ros.method.identity import ModelIdentity

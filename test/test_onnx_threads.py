@@ -88,7 +88,7 @@ def test_bad_exports_end_in_one_clear_line(exported, tmp_path, caplog):
     other = tmp_path / "other_export"
     other_model = load_model(None, backbone="efficientnet_lite0")[0]
     torch.nn.init.normal_(other_model.regressor.linear.weight)  # another checkpoint's regressor
-    from dhe_vpr_ros.runtime.onnx import export_model
+    from dhe_vpr_ros.runtime.onnx_export import export_model
     export_model(other_model, other, {})
     cases = [
         (variant("missing_meta", lambda f: (f / "model.json").unlink()), "model.json is missing"),

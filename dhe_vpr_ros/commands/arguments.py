@@ -123,7 +123,11 @@ def add_policy_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def policy_from_args(args: argparse.Namespace):
-    """The ``loop.policy.LoopPolicy`` of the options given."""
+    """The ``loop.policy.LoopPolicy`` of the options given (ValueError for settings whose
+    sequence search would be over its budget with ``--top-k`` candidates)."""
     from ..loop.policy import LoopPolicy
-    return LoopPolicy.from_mapping({f.name: getattr(args, f.name) for f in fields(LoopPolicy)
-                                    if hasattr(args, f.name)})
+    policy = LoopPolicy.from_mapping({f.name: getattr(args, f.name) for f in fields(LoopPolicy)
+                                      if hasattr(args, f.name)})
+    if getattr(args, "sequence", True):
+        policy.sequence().check_work(args.top_k)
+    return policy

@@ -11,9 +11,9 @@ import argparse
 import logging
 from typing import Iterable
 
-from ..atomic import LockTimeout, writer_lock
+from ..locks import LockTimeout, writer_lock
 from ..map import MapError
-from ..map.building import add_frames, mask_settings, open_for_writing
+from ..map.building import add_frames, check_new_frames, mask_settings, open_for_writing
 from ..map.sources import Frame, bag_frames, folder_frames, geo_split
 from ..map.static_mask import DEFAULT_THRESHOLD
 from ..runtime import open_localizer
@@ -91,6 +91,7 @@ def _build(args: argparse.Namespace, frames, total) -> int:
         raise ValueError("no usable images were found; nothing written")
     if args.mask:  # now the frames' size is known: the mask must have their shape
         database.set_mask_settings(mask_settings(database, args.mask, args.roi, args.static_threshold))
+    check_new_frames(database, before)
     database.save(args.output, replace=args.overwrite)
     log.info("map %s: %d places (%d new, ids %d..%d); %s", args.output, len(database), len(ids), before, ids[-1],
              database.mask.summary())

@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from ..loop.calibration import calibrate, params_yaml, write_params
+from ..loop.calibration import calibrate, check_params_target, params_yaml, write_params
 from ..loop.evaluation import record
 from ..method.rerank import DEFAULT_REFINE_ROUNDS, MAX_REFINE_ROUNDS, RERANKERS
 from .arguments import add_model_arguments, add_run_arguments, count, number
@@ -33,6 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_params_target(args.output)  # before the run is played, not after
     localizer, labelled = open_run(args, [args.reranker])
     labelled.label_with_map(localizer.database.places)
     if len(labelled.queries) < 2:

@@ -72,6 +72,8 @@ def main(argv: list[str] | None = None) -> int:
         return node_main(argv[1:])
     args = build_parser().parse_args(argv)
     _setup_logging(args.verbose)
+    if hasattr(sys.stdout, "reconfigure"):  # file names that are not UTF-8 print as the bytes they are
+        sys.stdout.reconfigure(errors="surrogateescape")
     from ..map.format import MapError
     from ..method.models import CheckpointError
     previous = signal.signal(signal.SIGTERM, _terminate)  # clean up as on Ctrl-C
@@ -81,14 +83,20 @@ def main(argv: list[str] | None = None) -> int:
         log.error("%s", exc)
         return 2
     except OSError as exc:  # a file that cannot be read or written: say which
-        where = f"{exc.filename}: " if exc.filename and str(exc.filename) not in str(exc) else ""
-        log.error("%s%s", where, exc.strerror or exc)
+        log.error("%s", os_error_line(exc))
         return 2
     except KeyboardInterrupt:
         log.error("interrupted")
         return 130
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def os_error_line(exc: OSError) -> str:
+    """One line for an error of the file system, always naming the path(s) it concerns."""
+    text = exc.strerror or str(exc)
+    paths = [str(p) for p in (exc.filename, exc.filename2) if p]
+    return f"{' -> '.join(paths)}: {text}" if paths and not text.startswith(paths[0]) else text
 
 
 def _terminate(signum, frame):

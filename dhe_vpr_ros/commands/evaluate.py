@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..atomic import atomic_write
+from ..atomic import atomic_write, check_output
 from ..loop.evaluation import RecordedRun, first_answers, record, report_of, sequence_answers
 from ..loop.groundtruth import LabelledRun
 from ..loop.policy import LoopPolicy
@@ -114,14 +114,18 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"unknown re-ranker(s) {unknown}; choose from {', '.join(RERANKERS)}")
     values = tuple(int(v) for v in args.recall_values.split(","))
     policy = policy_from_args(args)
+    for output in (args.json, args.plot):  # before the work, not after it
+        if output:
+            check_output(output)
     localizer, labelled = open_run(args, rerankers)
     labelled.label_with_map(localizer.database.places)
     recorded = record(localizer, labelled.queries, rerankers, args.top_k, max(values))
     report = report_of(labelled, recorded, args.top_k, len(localizer.database), values, policy, args.sequence)
     sys.stdout.write(format_table(report))
+    sys.stdout.flush()
+    if args.json:  # the report first: a plot that fails must not cost it
+        with atomic_write(args.json, mode="w") as handle:
+            handle.write(json.dumps(report, indent=2, allow_nan=False) + "\n")
     if args.plot:
         plot_curves(recorded, labelled, args.plot, policy, args.sequence)
-    if args.json:
-        with atomic_write(Path(args.json), mode="w") as handle:
-            json.dump(report, handle, indent=2, allow_nan=False)
     return 0

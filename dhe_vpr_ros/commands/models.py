@@ -99,7 +99,7 @@ def add_export(parser: argparse.ArgumentParser) -> None:
 
 def run_export(args: argparse.Namespace) -> int:
     from ..runtime.loading import load_model
-    from ..runtime.onnx import export_model
+    from ..runtime.onnx_export import export_model
     model, info = load_model(args.checkpoint, args.backbone)
     meta = export_model(model, args.out, info)
     sizes = ", ".join(f"{p.name} {p.stat().st_size / 1e6:.1f} MB" for p in sorted(Path(args.out).glob("*.onnx")))

@@ -10,6 +10,7 @@ import logging
 from dataclasses import fields
 from pathlib import Path
 
+from ..atomic import check_not_protected
 from ..runtime.threads import configure_threads
 from ..training.config import TrainConfig
 from ..training.run_log import fmt
@@ -90,10 +91,12 @@ def run(args: argparse.Namespace) -> int:
             stored = TrainConfig.from_dict(json.loads(saved.read_text()))
             stored.epochs, stored.device, stored.out = args.epochs, args.device, str(out)
             cfg = stored
-    elif out.is_file() or out.is_dir() and any(out.iterdir()):
+    elif out.exists() and not out.is_dir() or out.is_dir() and any(out.iterdir()):
         names = sorted(p.name for p in out.iterdir())[:5] if out.is_dir() else []
         raise ValueError(f"train --out {out} is not a new folder ({', '.join(names) or 'a file'}): nothing was "
                          "changed; choose a new folder, or --resume to continue the run in it")
+    if out.is_dir():
+        check_not_protected(out, "the run folder")
     metrics = train(cfg, resume=args.resume)
     if metrics:
         log.info("final validation: %s", fmt(metrics))

@@ -24,13 +24,14 @@ from pathlib import Path
 
 import numpy as np
 
-from ..atomic import atomic_write
+from ..atomic import atomic_write, check_output, is_stream
 from .evaluation import sequence_answers
 from .policy import LOOP_CLOSURE_PARAMETERS, LoopPolicy
 from .precision import precision_curve
+from .sequence import MAX_WORK
 
-__all__ = ["Calibration", "DISTINCTIVENESS", "MARKER", "SEQUENCE_LENGTHS", "calibrate", "operating_point",
-           "params_yaml", "write_params"]
+__all__ = ["Calibration", "DISTINCTIVENESS", "MARKER", "SEQUENCE_LENGTHS", "calibrate", "check_params_target",
+           "one_line", "operating_point", "params_yaml", "write_params"]
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +81,9 @@ def calibrate(run, ranked, reranker: str, top_k: int, target: float, base: LoopP
     for length in lengths:
         for ratio in ratios:
             policy = replace(base, sequence_length=length, min_distinctiveness=ratio)
+            if policy.sequence().work(top_k) > MAX_WORK:
+                log.info("sequence length %d skipped: over the search budget with top-K %d", length, top_k)
+                continue
             point = operating_point(sequence_answers(run, ranked, policy, reranker), target)
             if point is not None:
                 results.append((point[2], -length, -ratio, policy, point))
@@ -96,6 +100,12 @@ def calibrate(run, ranked, reranker: str, top_k: int, target: float, base: LoopP
                        len(ranked), int(answers.has_positive.sum()), single[2] if single else 0.0)
 
 
+def one_line(text: str) -> str:
+    """``text`` for a comment line: control characters (a newline in a folder's name) and bytes
+    that are not UTF-8 are escaped, so what the user named can never end the comment."""
+    return "".join(c if c.isprintable() else json.dumps(c)[1:-1] for c in str(text))
+
+
 def params_yaml(cal: Calibration, source: str, node_name: str = "/**") -> str:
     """The parameters file: the ranking and loop-closure settings, measured figures as comments."""
     values = {"reranker": cal.reranker, "top_k": cal.top_k,
@@ -103,7 +113,7 @@ def params_yaml(cal: Calibration, source: str, node_name: str = "/**") -> str:
     floats = {f.name for f in fields(LoopPolicy) if f.type in ("float", float)}
     lines = [MARKER + f" on {datetime.date.today().isoformat()}: re-ranker {cal.reranker}, target precision "
                       f"{cal.target:g}",
-             f"# run: {source}",
+             f"# run: {one_line(source)}",
              f"# measured on that run: precision {cal.precision:.3f}, recall {cal.recall:.3f} "
              f"({cal.accepted} loop closures, {cal.queries} queries, {cal.positives} with a true place);",
              f"# the single-frame score alone reaches recall {cal.single_frame_recall:.3f} at that precision.",
@@ -115,16 +125,25 @@ def params_yaml(cal: Calibration, source: str, node_name: str = "/**") -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_params(path: str | Path, text: str) -> None:
-    """Write atomically; an existing file is replaced only when this command wrote it."""
+def check_params_target(path: str | Path) -> None:
+    """ValueError / OSError naming ``path`` unless a parameters file may be written there: a new
+    file, one this command wrote, or a stream (``-``, /dev/stdout)."""
+    if is_stream(path):
+        return
     target = Path(path)
-    if target.is_dir():
+    if target.is_dir() and not target.is_symlink():
         raise ValueError(f"{target} is a directory; give a file name for the parameters, e.g. {target}/vpr.yaml")
+    check_output(target)
     if target.exists():
         with open(target, encoding="utf-8", errors="replace") as handle:
             first = handle.readline()
         if not first.startswith(MARKER):
             raise ValueError(f"refusing to replace {target}: it was not written by calibrate (nothing was changed); "
                              "choose a new file name")
-    with atomic_write(target, mode="w") as handle:
+
+
+def write_params(path: str | Path, text: str) -> None:
+    """Write atomically; an existing file is replaced only when this command wrote it."""
+    check_params_target(path)
+    with atomic_write(path, mode="w") as handle:
         handle.write(text)

@@ -22,6 +22,12 @@ re-ranked top-K of each frame instead of a full difference matrix:
 
 A frame is verified when its best hypothesis reaches the score threshold, ``min_agreeing`` and
 ``min_distinctiveness``. With ``length`` 1 this is the single-frame score gate.
+
+Cost: each frame compares its K candidates' lines at every speed with the K candidates of each
+past frame of the window: ``speeds x (length - 1) x K x K`` (``SequenceSettings.work``), about
+5 ns each on a laptop core, and as many float64 values at once per past frame. Settings whose
+work exceeds ``MAX_WORK`` (2 million: about 10-15 ms and tens of MB a frame) are refused where
+they are set (``check_work``: the node's parameters, ``evaluate``, ``calibrate``).
 """
 from __future__ import annotations
 
@@ -31,7 +37,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["SequenceSettings", "SequenceVerifier", "Verdict"]
+__all__ = ["MAX_WORK", "SequenceSettings", "SequenceVerifier", "Verdict"]
+
+MAX_WORK = 2_000_000  # speeds x past frames x candidates x candidates, per frame
 
 
 @dataclass(frozen=True)
@@ -57,6 +65,19 @@ class SequenceSettings:
                 raise ValueError(f"{name} must be a number from {low} to {high}, not {value!r}")
             if isinstance(low, int) and value != int(value):
                 raise ValueError(f"{name} must be a whole number, not {value!r}")
+
+    def work(self, candidates: int) -> int:
+        """Line-candidate comparisons per frame with ``candidates`` (top-K) candidates a frame."""
+        return int(self.speeds().size) * max(self.length - 1, 1) * candidates * candidates
+
+    def check_work(self, candidates: int) -> None:
+        """ValueError saying what to lower when a frame's search would exceed ``MAX_WORK``."""
+        work = self.work(candidates)
+        if work > MAX_WORK:
+            raise ValueError(f"the sequence search would make {work:,} comparisons a frame ({self.speeds().size} "
+                             f"speeds x {max(self.length - 1, 1)} past frames x {candidates} x {candidates} "
+                             f"candidates), over the budget of {MAX_WORK:,}: lower top_k, sequence_length or "
+                             "sequence_max_speed")
 
     def speeds(self) -> np.ndarray:
         """The speeds tried: fine enough that the line drifts by at most one place over the window."""

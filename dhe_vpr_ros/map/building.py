@@ -5,7 +5,6 @@ map to append to or a new one, and the map's mask settings."""
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Iterable
 
@@ -16,11 +15,12 @@ from ..method.identity import model_identity
 from ..method.localizer import Localizer
 from .database import MapDatabase
 from .format import MapError, check_replaceable
+from .storage import check_writable
 from .records import Place, check_place
 from .sources import Frame
-from .static_mask import MaskSettings, user_mask
+from .static_mask import MaskError, MaskSettings, user_mask
 
-__all__ = ["add_frames", "mask_settings", "open_for_writing"]
+__all__ = ["add_frames", "check_new_frames", "mask_settings", "open_for_writing"]
 
 log = logging.getLogger(__name__)
 
@@ -74,11 +74,7 @@ def open_for_writing(path: str | Path, model, build_info: dict, append: bool = F
         database = MapDatabase(model_identity(model), index_type, build_info=dict(build_info))
     target = path.resolve()
     check_replaceable(target)  # before hours of embedding, not at the save
-    parent = target.parent
-    while not parent.exists():  # the first folder that exists is where the map will be made
-        parent = parent.parent
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise MapError(f"cannot write the map {path}: {parent} is not writable")
+    check_writable(target)
     database.spill_dir = str(target.parent) if target.parent.exists() else None
     return database
 
@@ -97,3 +93,22 @@ def mask_settings(database: MapDatabase, mask: str | None = None, roi=None,
         usable, user_file = user_mask(grid, mask, margins, frame), mask
     threshold = old.threshold if static_threshold is None else static_threshold
     return MaskSettings(threshold, usable, margins, user_file)
+
+
+def check_new_frames(database: MapDatabase, first_new: int) -> None:
+    """MaskError before a map is written when its places from ``first_new`` on would make it
+    meaningless: frames of another shape than those the user's mask was drawn for, or a mask
+    (learned and the user's) that leaves too few cells to verify a place."""
+    settings = database.mask_settings
+    reference = database.places[0].image_size if database.places else None
+    if settings.user_usable is not None and reference is not None:
+        aspect = reference[0] / reference[1]
+        other = [p for p in database.places[first_new:] if p.image_size is not None
+                 and abs(p.image_size[0] / p.image_size[1] / aspect - 1) > 0.02]
+        if other:
+            size = other[0].image_size
+            raise MaskError(f"{len(other)} new frames (the first {other[0].source or other[0].place_id}) are "
+                            f"{size[0]}x{size[1]}, but this map's mask ({settings.user_file or 'ROI'}) was drawn for "
+                            f"{reference[0]}x{reference[1]} frames: a mask does not fit another camera's view; "
+                            "build a map of its own for that camera (nothing was written)")
+    database.mask.check_workable(settings.threshold)

@@ -21,7 +21,8 @@ import cv2
 import faiss
 import numpy as np
 
-from ..atomic import LockTimeout, fsync_directory, release_writer_lock, try_writer_lock, umask_mode, writer_lock
+from ..atomic import fsync_directory, umask_mode
+from ..locks import LockTimeout, release_writer_lock, try_writer_lock, writer_lock
 from ..method.identity import ModelIdentity
 from .format import (ALL_MAP_FILES, CELL_SUMS, FORMAT, GLOBAL_INDEX, LOCAL_GRIDS, MANIFEST, MASK_PICTURE, PLACES,
                      VERSION, MapError, check_grid_file, check_replaceable, mask_record, model_mismatch, read_cells,
@@ -29,7 +30,7 @@ from .format import (ALL_MAP_FILES, CELL_SUMS, FORMAT, GLOBAL_INDEX, LOCAL_GRIDS
 from .grids import GridFile, SpillFile
 from .records import Place, check_place
 from .static_mask import CellMask, CellStatistics, MaskSettings, mask_picture
-from .storage import check_unchanged, clean_leftovers, fsync_file, reading, swap_in
+from .storage import check_unchanged, check_writable, clean_leftovers, fsync_file, reading, swap_in
 
 __all__ = ["MapDatabase"]
 
@@ -175,13 +176,14 @@ class MapDatabase:
         ``path`` must be new, or an existing map with nothing else in it that this object read
         or wrote, unchanged since (``replace``: any map); anything else is refused with a
         MapError and never replaced: no user file is deleted, no other process's places are
-        lost. Writers of one map take turns (``atomic.writer_lock``, waiting at most
+        lost. Writers of one map take turns (``locks.writer_lock``, waiting at most
         ``lock_timeout`` s); file-system failures are MapErrors that name the map.
         """
         target = Path(path).resolve()
         try:
             with writer_lock(target, lock_timeout):
                 check_replaceable(target)
+                check_writable(target)
                 check_unchanged(target, self._known, replace, len(self))
                 target.parent.mkdir(parents=True, exist_ok=True)
                 clean_leftovers(target)  # holding the writer lock: any temporary there is a dead writer's

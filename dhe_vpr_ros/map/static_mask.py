@@ -26,11 +26,16 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-__all__ = ["DEFAULT_THRESHOLD", "MIN_PLACES", "CellMask", "CellStatistics", "MaskError", "MaskSettings",
-           "mask_picture", "user_mask"]
+from ..image_conversion import ImageConversionError, decode_file
+
+__all__ = ["DEFAULT_THRESHOLD", "MIN_PLACES", "MIN_USABLE_CELLS", "CellMask", "CellStatistics", "MaskError",
+           "MaskSettings", "mask_picture", "user_mask"]
 
 DEFAULT_THRESHOLD = 0.85
 MIN_PLACES = 20
+# Fewer usable cells than this leave too few matches to verify any place (DHE calls a candidate
+# verified from 40 inlier matches): such a mask makes every score meaningless, so it is refused.
+MIN_USABLE_CELLS = 64
 
 
 class MaskError(ValueError):
@@ -94,6 +99,17 @@ class CellMask:
         usable = ~user & (~static if static is not None else True)
         return cls(np.asarray(usable, bool), static, user, stats.count)
 
+    def check_workable(self, threshold: float) -> None:
+        """MaskError when fewer than ``MIN_USABLE_CELLS`` cells may vote (``threshold``: the static
+        threshold in force, named in the advice)."""
+        usable, cells = int(self.usable.sum()), self.usable.size
+        if usable < MIN_USABLE_CELLS:
+            static = int(self.static.sum()) if self.static is not None else 0
+            raise MaskError(f"the mask leaves {usable} of {cells} cells to match ({static} learned static at "
+                            f"--static-threshold {threshold:g}, {int(self.user.sum())} masked by the user), fewer "
+                            f"than the {MIN_USABLE_CELLS} a place needs to be verified: every score would be 0; "
+                            "raise --static-threshold (1 learns none) or mask less")
+
     @property
     def all_usable(self) -> bool:
         return bool(self.usable.all())
@@ -123,7 +139,10 @@ def user_mask(grid: tuple[int, int], mask_file: str | None = None, roi=(0.0, 0.0
     h, w = grid
     usable = np.ones((h, w), bool)
     if mask_file is not None:
-        image = cv2.imread(str(mask_file), cv2.IMREAD_GRAYSCALE)
+        try:
+            image = decode_file(mask_file, cv2.IMREAD_GRAYSCALE)
+        except (FileNotFoundError, ImageConversionError) as exc:
+            raise MaskError(f"cannot read the mask: {exc}") from None
         if image is None:
             raise MaskError(f"cannot read the mask {mask_file}: not an image OpenCV can decode")
         if frame_size is not None:

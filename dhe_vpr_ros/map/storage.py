@@ -17,12 +17,12 @@ import shutil
 from pathlib import Path
 from typing import Callable
 
-from ..atomic import exchange, fsync_directory, locked_tempdir, remove_stale
+from ..atomic import check_not_protected, exchange, fsync_directory, locked_tempdir, remove_stale
 from ..json_fields import field
 from .format import MANIFEST, MapError, map_manifest, revision_of
 from .grids import SpillFile
 
-__all__ = ["check_unchanged", "clean_leftovers", "fsync_file", "reading", "swap_in"]
+__all__ = ["check_unchanged", "check_writable", "clean_leftovers", "fsync_file", "reading", "swap_in"]
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +81,20 @@ def check_unchanged(target: Path, known: dict, replace: bool, count: int) -> Non
         raise MapError(f"the map {target} was changed by another process since it was read here (it now has "
                        f"{others} places, this copy {count}): nothing was saved, to lose neither; save to "
                        "a new path, or open the map again and add to that")
+
+
+def check_writable(target: Path) -> None:
+    """MapError naming the file when the map at ``target`` (its folder or a file in it) is
+    write-protected, or its parent folder (where the new version is made) cannot be written."""
+    try:
+        check_not_protected(target, "the map")
+    except PermissionError as exc:
+        raise MapError(f"refusing to replace the map {target}: {exc.filename} {exc.strerror}") from None
+    parent = target.parent
+    while not parent.exists():  # the first folder that exists is where the map will be made
+        parent = parent.parent
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise MapError(f"cannot write the map {target}: {parent} is not writable")
 
 
 def swap_in(target: Path, write: Callable[[Path], None]) -> None:

@@ -13,6 +13,8 @@ import os
 import cv2
 import numpy as np
 
+from ..image_conversion import ImageConversionError, decode_file
+
 __all__ = ["draw_match", "map_image"]
 
 
@@ -21,9 +23,13 @@ def _panel_height(images, height):
 
 
 def map_image(candidate, fallback_size=(384, 384)) -> np.ndarray:
+    """The map place's own image when its source file is at hand, else a grey panel naming it."""
     source = candidate.place.source
     if source and os.path.isfile(source):
-        image = cv2.imread(source, cv2.IMREAD_COLOR)
+        try:
+            image = decode_file(source, cv2.IMREAD_COLOR)
+        except (OSError, ImageConversionError):
+            image = None
         if image is not None:
             return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
     w, h = candidate.place.image_size or fallback_size

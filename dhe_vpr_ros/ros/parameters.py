@@ -132,8 +132,8 @@ def check_live(p: dict) -> None:
     for name in LIVE:
         _in_range(name, p[name])
     try:
-        LoopPolicy.from_mapping(p)
-    except ValueError as exc:  # what the ranges cannot say (min_score between -1 and 0, agreeing > length)
+        LoopPolicy.from_mapping(p).sequence().check_work(p["top_k"])
+    except ValueError as exc:  # what the ranges cannot say (min_score between -1 and 0, agreeing > length, cost)
         raise ParameterProblem(str(exc)) from None
     if p["save_map_path"] and os.path.exists(p["save_map_path"]) and not os.path.isdir(p["save_map_path"]):
         raise ParameterProblem(f"save_map_path {p['save_map_path']!r} is an existing file, not a map directory")

@@ -16,7 +16,7 @@ __all__ = ["FrameSlots", "OnnxError", "RUNTIMES", "ThreadSettings", "configure_t
            "resolve_device", "set_wait_policy"]
 
 _LAZY = {"FrameSlots": "frame_slots", "OnnxError": "onnx", "RUNTIMES": "loading", "default_checkpoint": "loading",
-         "export_model": "onnx", "load_any_model": "loading", "load_model": "loading", "load_onnx_model": "onnx",
+         "export_model": "onnx_export", "load_any_model": "loading", "load_model": "loading", "load_onnx_model": "onnx",
          "open_localizer": "factory", "resolve_device": "device"}
 
 

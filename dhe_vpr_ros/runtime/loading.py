@@ -60,8 +60,13 @@ def load_any_model(checkpoint, backbone, device, logger, runtime: str = "torch",
     if not onnx:
         raise ValueError("runtime onnxruntime needs the exported model folder (--onnx DIR, the node's onnx_dir); "
                          "write one with `python -m dhe_vpr_ros export --out DIR`")
-    from .onnx import load_onnx_model
+    from .onnx import OnnxError, load_onnx_model
     model = load_onnx_model(onnx, backbone or None, threads)
+    if checkpoint and file_sha256(checkpoint) != model.meta.get("checkpoint_sha256"):
+        made_from = model.meta.get("checkpoint") or "no checkpoint"
+        raise OnnxError(f"the export {onnx} was made from {made_from}, not from --checkpoint {checkpoint} (their "
+                        f"hashes differ): export that checkpoint (`export --checkpoint {checkpoint} --out DIR`), or "
+                        "leave --checkpoint out to run the export as it is")
     (logger or log).info("runtime onnxruntime: %s (%s)", onnx, ", ".join(model.providers))
     return model, {"checkpoint": model.meta.get("checkpoint") or f"onnx:{onnx}",
                    "checkpoint_sha256": model.meta.get("checkpoint_sha256")}

@@ -2,7 +2,7 @@
 # SPDX-License-Identifier: Apache-2.0
 """The models as ONNX files, and a model that runs them through onnxruntime.
 
-``export`` writes, into a new folder:
+``export`` (``onnx_export``) writes, into a new folder:
 
 * ``backbone.onnx``: normalised images (B, 3, S, S) -> local grids (B, C, H, W) and global
   descriptors (B, D), both L2-normalised;
@@ -20,23 +20,22 @@ then CPU. A Jetson user builds a TensorRT engine from the same files (README).
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 
-from ..atomic import atomic_write
+from ..json_fields import field, numbers
 from ..method.geometry import homography_from_four_points
-from ..method.models import CheckpointError, VPRModel, correlation_volume
+from ..method.models import CheckpointError
+from ..method.models.checkpoint import file_sha256
 
-__all__ = ["FORMAT", "OnnxError", "OnnxVPRModel", "export_model", "load_onnx_model"]
+__all__ = ["BACKBONE", "FORMAT", "META", "OPSET", "REGRESSOR", "VERSION", "OnnxError", "OnnxVPRModel", "file_sha256",
+           "load_onnx_model"]
 
 log = logging.getLogger(__name__)
 
@@ -48,96 +47,6 @@ OPSET = 17
 
 class OnnxError(CheckpointError):
     """An exported model folder that cannot be used: missing, malformed, or for another model."""
-
-
-class _RegressorGraph(nn.Module):
-    """What regressor.onnx computes: grids -> correlation volume -> 4 point pairs."""
-
-    def __init__(self, model: VPRModel):
-        super().__init__()
-        self.regressor = model.regressor
-
-    def forward(self, query: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
-        corr = correlation_volume(query[0], candidates, self.regressor.config.grid)
-        return self.regressor(corr)
-
-
-class _BackboneGraph(nn.Module):
-    def __init__(self, model: VPRModel):
-        super().__init__()
-        self.backbone = model.backbone
-
-    def forward(self, images: torch.Tensor):
-        chunking = getattr(self.backbone, "cpu_chunking", None)
-        if chunking is not None:
-            self.backbone.cpu_chunking = False  # the whole batch in one pass: a dynamic batch in the graph
-        try:
-            features = self.backbone(images)
-        finally:
-            if chunking is not None:
-                self.backbone.cpu_chunking = chunking
-        return features.local, features.global_
-
-
-def export_model(model: VPRModel, out: str | os.PathLike, checkpoint_info: dict) -> dict:
-    """Write backbone.onnx, regressor.onnx and model.json into ``out`` (a new or empty folder);
-    returns model.json's content."""
-    from ..method.identity import model_identity
-    out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise OnnxError(f"export --out {out} is not a new or empty folder: nothing was written")
-    model = model.cpu().eval()
-    bb = model.backbone
-    size, grid = bb.input_size, bb.grid_size
-    tmp = out.with_name(f".{out.name}.export-{os.getpid()}")
-    tmp.mkdir(parents=True)
-    fastpath = torch.backends.mha.get_fastpath_enabled()
-    torch.backends.mha.set_fastpath_enabled(False)  # the fused encoder op has no ONNX form: export the plain one
-    try:
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the tracer's notes on shape checks that are constant here
-            images = torch.zeros(2, 3, size, size)
-            torch.onnx.export(_BackboneGraph(model), (images,), str(tmp / BACKBONE), dynamo=False,
-                              input_names=["images"], output_names=["local", "global"], opset_version=OPSET,
-                              dynamic_axes={"images": {0: "batch"}, "local": {0: "batch"}, "global": {0: "batch"}})
-            query, candidates = torch.zeros(1, bb.local_dim, grid, grid), torch.zeros(3, bb.local_dim, grid, grid)
-            torch.onnx.export(_RegressorGraph(model), (query, candidates), str(tmp / REGRESSOR), dynamo=False,
-                              input_names=["query", "candidates"], output_names=["points"], opset_version=OPSET,
-                              dynamic_axes={"candidates": {0: "pairs"}, "points": {0: "pairs"}})
-        meta = {"format": FORMAT, "version": VERSION, "backbone": bb.name, "input_size": size, "stride": bb.stride,
-                "local_dim": bb.local_dim, "global_dim": bb.global_dim, "mean": list(bb.mean), "std": list(bb.std),
-                "regressor": model.regressor.config.to_dict(), "identity": model_identity(model).to_dict(),
-                "checkpoint": checkpoint_info.get("checkpoint"),
-                "checkpoint_sha256": checkpoint_info.get("checkpoint_sha256"),
-                "files_sha256": {name: _sha256(tmp / name) for name in (BACKBONE, REGRESSOR)}, "opset": OPSET}
-        with atomic_write(tmp / META, mode="w") as handle:
-            json.dump(meta, handle, indent=2)
-        if out.exists():
-            _move_into(tmp, out)
-        else:
-            os.replace(tmp, out)
-    except BaseException:
-        import shutil
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    finally:
-        torch.backends.mha.set_fastpath_enabled(fastpath)
-    return meta
-
-
-def _move_into(tmp: Path, out: Path) -> None:
-    """``out`` is an existing empty folder: move the files in, then drop the temporary one."""
-    for item in tmp.iterdir():
-        os.replace(item, out / item.name)
-    tmp.rmdir()
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 @dataclass
@@ -253,13 +162,14 @@ def load_onnx_model(folder: str | os.PathLike, expect_backbone: str | None = Non
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise OnnxError(f"{meta_file} is not a dhe_vpr_ros ONNX export (format {meta.get('format')!r})"
                         if isinstance(meta, dict) else f"{meta_file} holds no object")
+    _check_meta(meta, meta_file)
     if expect_backbone and meta.get("backbone") != expect_backbone:
         raise OnnxError(f"{folder} holds the {meta.get('backbone')!r} backbone, not {expect_backbone!r}")
     for name in (BACKBONE, REGRESSOR):
         if not (folder / name).is_file():
             raise OnnxError(f"{folder}: {name} is missing")
-        recorded = (meta.get("files_sha256") or {}).get(name)
-        if recorded is not None and recorded != _sha256(folder / name):
+        recorded = (meta["files_sha256"] or {}).get(name)
+        if recorded is not None and recorded != file_sha256(folder / name):
             raise OnnxError(f"{folder / name} is not the file this export wrote (its hash differs from {META}): "
                             "export again")
     try:
@@ -268,6 +178,33 @@ def load_onnx_model(folder: str | os.PathLike, expect_backbone: str | None = Non
         raise OnnxError(f"{meta_file}: {exc}") from None
     _check_inputs(model, folder)
     return model
+
+
+def _check_meta(meta: dict, meta_file: Path) -> None:
+    """OnnxError naming the field when model.json has a field of the wrong type or out of range."""
+    from ..method.identity import ModelIdentity
+    from ..method.models.homography_regressor import RegressorConfig
+    try:
+        for name in ("input_size", "stride", "local_dim", "global_dim"):
+            if not 0 < field(meta, name, int) <= 65536:
+                raise ValueError(f"field {name!r} is {meta[name]!r}: out of range")
+        if meta["input_size"] % meta["stride"]:
+            raise ValueError(f"field 'stride' ({meta['stride']}) does not divide 'input_size' ({meta['input_size']})")
+        field(meta, "backbone", str)
+        for name in ("mean", "std"):
+            numbers(meta, name, 3, optional=False)
+        if not all(v > 0 for v in meta["std"]):
+            raise ValueError(f"field 'std' is {meta['std']!r}: not positive")
+        for name in ("checkpoint", "checkpoint_sha256"):
+            field(meta, name, str, optional=True)
+        hashes = field(meta, "files_sha256", dict, optional=True) or {}
+        for name, value in hashes.items():
+            if not isinstance(value, str):
+                raise ValueError(f"field 'files_sha256' has {value!r} for {name!r}, not a hash string")
+        ModelIdentity.from_dict(field(meta, "identity", dict))
+        RegressorConfig.from_dict(field(meta, "regressor", dict))
+    except (ValueError, TypeError, KeyError) as exc:
+        raise OnnxError(f"{meta_file}: {exc}") from None
 
 
 def _check_inputs(model: OnnxVPRModel, folder: Path) -> None:

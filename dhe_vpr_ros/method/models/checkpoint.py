@@ -68,9 +68,11 @@ def save_checkpoint(path: str | os.PathLike, model: VPRModel, meta: dict | None 
 def read_checkpoint(path: str | os.PathLike) -> dict:
     """Load the raw checkpoint dict safely, turning every failure into a CheckpointError."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise CheckpointError(f"checkpoint not found: {path} (check the path, or omit it to use "
                               "the default model)")
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} is not a regular file (a directory, FIFO or device)")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for truncated / foreign files
