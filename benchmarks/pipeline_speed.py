@@ -14,8 +14,10 @@ robot CPU costs.
     python benchmarks/pipeline_speed.py                     # idle
     python benchmarks/pipeline_speed.py --busy-cores 1      # one busy core beside
 
-Uses only APIs the package has had since 0.2.0, so the same script measures an older checkout
-(``PYTHONPATH=old_checkout python benchmarks/pipeline_speed.py``). Ends with ``name=value`` lines.
+The busy neighbours start before the package sets its threads (as on a robot, where the other nodes
+run first), and the loop applies the thread governor before each frame, as the node's inference
+thread does. To measure an older checkout, run that checkout's own copy of this script with
+``PYTHONPATH=old_checkout``. Ends with ``name=value`` lines.
 """
 from __future__ import annotations
 
@@ -46,14 +48,18 @@ def timed(samples: dict, name: str, fn, *args):
 
 
 def dhe_parts(loc, reranker, query_local, candidates, samples) -> None:
-    """DHE's stages one after another, as DHEReranker runs them (matching, regressor, refine, count)."""
+    """DHE's stages one after another, as DHEReranker runs them: matching, then the regressor and
+    the refinement (for the candidates the cascade regresses, ``dhe.cascade``; else for all), count."""
     from dhe_vpr_ros.method.matching import count_inliers, grid_keypoints, mutual_nearest_neighbours
     h, w = query_local.shape[-2:]
     kps = grid_keypoints(h, w, reranker.stride, device=query_local.device)
     matches = timed(samples, "dhe.matching", mutual_nearest_neighbours, query_local, candidates)
-    chunk = reranker.chunk_for(candidates.device)
-    regressed = timed(samples, "dhe.regressor", loc.model.homographies, query_local, candidates, chunk)
-    refined = timed(samples, "dhe.refine", reranker.refine, regressed, kps, matches)
+    if getattr(reranker, "cascades", lambda k: False)(candidates.shape[0]):
+        refined = timed(samples, "dhe.cascade", reranker.cascade, query_local, candidates, kps, matches)
+    else:
+        chunk = reranker.chunk_for(candidates.device)
+        regressed = timed(samples, "dhe.regressor", loc.model.homographies, query_local, candidates, chunk)
+        refined = timed(samples, "dhe.refine", reranker.refine, regressed, kps, matches)
     timed(samples, "dhe.count", count_inliers, refined, kps, kps, matches, reranker.threshold_px)
 
 
@@ -83,12 +89,14 @@ def main() -> None:
     from dhe_vpr_ros.map.database import MapDatabase
     from dhe_vpr_ros.map.records import Place
     from dhe_vpr_ros.runtime.loading import load_model
-    threads = "package defaults"
-    try:
-        from dhe_vpr_ros.runtime.threads import configure_threads
-        threads = configure_threads(args.threads).describe()
-    except ImportError:  # an older checkout: what it did, untouched
-        pass
+    # the neighbours run before the node starts, as on a robot (and the package may look at them)
+    procs = [multiprocessing.Process(target=busy, daemon=True) for _ in range(args.busy_cores)]
+    for p in procs:
+        p.start()
+    time.sleep(0.5 if procs else 0.0)
+    from dhe_vpr_ros.runtime.threads import ThreadGovernor, configure_threads
+    threads = configure_threads(args.threads).describe()
+    governor = ThreadGovernor(args.threads)  # what the node's inference thread does before each frame
     torch.set_grad_enabled(False)
     if args.runtime == "onnxruntime":
         from dhe_vpr_ros.runtime.loading import load_any_model
@@ -103,15 +111,13 @@ def main() -> None:
     queries = [f.load() for f in folder_frames(args.queries or DATA / "queries")]
     messages = [rgb_to_fields(img, "bgr8") for img in queries]
     rerankers = [r for r in args.rerankers.split(",") if r]
-    procs = [multiprocessing.Process(target=busy, daemon=True) for _ in range(args.busy_cores)]
-    for p in procs:
-        p.start()
     samples: dict[str, list[float]] = {}
     try:
         for n in range(args.frames + 3):
             if n == 3:  # the first frames warm caches and allocators up
                 samples.clear()
             fields = messages[n % len(messages)]
+            governor.adjust()
 
             class Msg:  # what the node receives
                 encoding, height, width, step = fields["encoding"], fields["height"], fields["width"], fields["step"]

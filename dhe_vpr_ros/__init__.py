@@ -12,8 +12,4 @@ from pathlib import Path
 __version__ = "0.2.0"
 DATA_DIR = Path(__file__).resolve().parent / "data"  # the shipped model and the demo's photos
 
-from .runtime.threads import set_wait_policy  # noqa: E402 (torch-free; must run before torch loads)
-
 __all__ = ["DATA_DIR", "__version__"]
-
-set_wait_policy()  # before torch and faiss load their OpenMP runtimes (see runtime/threads.py)

@@ -93,13 +93,49 @@ def test_dhe_reranker_batched_equals_one_pair_at_a_time():
     torch.nn.init.normal_(model.regressor.linear.weight, std=1e-3)  # make H depend on the input
     query, cands, sims, _ = _query_with_distractors(num_distractors=5)
     query = torch.nn.functional.normalize(query[:, :, :], dim=0)
-    reranker = make_reranker("dhe", model=model, stride=STRIDE)
+    reranker = make_reranker("dhe", model=model, stride=STRIDE, regressed=0)  # the regressor on every candidate
     batched = reranker(query, cands, sims[:6])
     singles = [reranker(query, cands[k:k + 1], sims[k:k + 1]) for k in range(6)]
     single_h = torch.cat([s.homographies for s in singles])
     assert torch.allclose(batched.homographies, single_h, atol=1e-3, rtol=1e-4)
     assert torch.equal(batched.scores, torch.cat([s.scores for s in singles]))
     assert not torch.allclose(batched.homographies[0], batched.homographies[1])
+
+
+def test_the_cascade_regresses_only_the_candidates_the_shift_start_ranks_first():
+    """regressed=N: the N candidates whose shift start explains most matches get exactly what the
+    full re-ranker gives them (the regressor ran on them); the others keep their refitted shift
+    start; with N >= K the cascade is the full re-ranker."""
+    from dhe_vpr_ros.method.matching import count_inliers, grid_keypoints, mutual_nearest_neighbours
+    from dhe_vpr_ros.method.refine import refine_homographies, shift_hypotheses
+    model = build_model("efficientnet_lite0", "light", pretrained=False).eval()
+    torch.nn.init.normal_(model.regressor.linear.weight, std=1e-3)
+    query, cands, sims, h_true = _query_with_distractors(num_distractors=7)
+    query = torch.nn.functional.normalize(query, dim=0)
+    seen = []
+    original = model.homographies
+    model.homographies = lambda q, c, chunk=None: seen.append(c.shape[0]) or original(q, c, chunk)
+    full = make_reranker("dhe", model=model, stride=STRIDE, regressed=0)(query, cands, sims)
+    assert seen == [8]
+    cascade = make_reranker("dhe", model=model, stride=STRIDE, regressed=2)
+    result = cascade(query, cands, sims)
+    assert seen == [8, 2]  # the regressor ran on 2 of the 8 candidates
+    kps = grid_keypoints(GRID, GRID, STRIDE)
+    matches = mutual_nearest_neighbours(query, cands)
+    shift = shift_hypotheses(kps, kps, matches, STRIDE)
+    shifted = refine_homographies(shift, kps, kps, matches, cascade.refine_rounds, cascade.refine_start_px,
+                                  cascade.refine_end_px)
+    rough = count_inliers(shift, kps, kps, matches, cascade.threshold_px)
+    top = torch.sort(rough.float(), descending=True, stable=True).indices[:2]
+    assert 3 in top.tolist()  # the true place is among them
+    rest = torch.ones(8, dtype=torch.bool)
+    rest[top] = False
+    assert torch.allclose(result.homographies[top], full.homographies[top], atol=1e-4)
+    assert torch.allclose(result.homographies[rest], shifted[rest], atol=1e-4)
+    assert result.order[0].item() == full.order[0].item() == 3
+    assert corner_error(result.homographies[3], h_true, SIZE, SIZE) < STRIDE
+    all_of_them = make_reranker("dhe", model=model, stride=STRIDE, regressed=8)(query, cands, sims)
+    assert torch.equal(all_of_them.homographies, full.homographies) and seen[-1] == 8
 
 
 def test_unknown_reranker_name_is_a_clear_error():

@@ -66,7 +66,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backbone", help="without --checkpoint: backbone name")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (cuda falls back to cpu)")
     parser.add_argument("--threads", type=count(0, 256), default=0,
-                        help="CPU threads for the network (0: the CPUs available, at most 4; see README)")
+                        help="CPU threads for the network (0: the cores free beside it, at most 4; doc/speed.md)")
     parser.add_argument("--runtime", choices=RUNTIMES, default="torch",
                         help="run the networks in PyTorch, or the exported ONNX files (--onnx) in onnxruntime")
     parser.add_argument("--onnx", help="with --runtime onnxruntime: the folder `export` wrote")
@@ -74,7 +74,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 def add_ranking_arguments(parser: argparse.ArgumentParser, multiple: bool = False) -> None:
     """--reranker (or --rerankers), --top-k and --refine-rounds, as query and evaluate take them."""
-    from ..method.rerank import DEFAULT_REFINE_ROUNDS, MAX_REFINE_ROUNDS, RERANKERS
+    from ..method.rerank import DEFAULT_REFINE_ROUNDS, DEFAULT_REGRESSED, MAX_REFINE_ROUNDS, RERANKERS
     if multiple:
         parser.add_argument("--rerankers", default=",".join(RERANKERS),
                             help=f"comma-separated, from {','.join(RERANKERS)}")
@@ -83,6 +83,9 @@ def add_ranking_arguments(parser: argparse.ArgumentParser, multiple: bool = Fals
     parser.add_argument("--top-k", type=count(1, 1000), default=32, help="candidates retrieved and re-ranked")
     parser.add_argument("--refine-rounds", type=count(0, MAX_REFINE_ROUNDS), default=DEFAULT_REFINE_ROUNDS,
                         help="dhe: rounds of refitting the regressed homography to its inlier matches (0: off)")
+    parser.add_argument("--regressor-candidates", type=count(0, 1000), default=DEFAULT_REGRESSED,
+                        help="dhe: candidates the regressor runs on, those the matches' shift start scores best "
+                             f"(0: every candidate; default {DEFAULT_REGRESSED})")
 
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:

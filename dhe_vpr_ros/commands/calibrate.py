@@ -9,7 +9,7 @@ import logging
 
 from ..loop.calibration import calibrate, check_params_target, params_yaml, write_params
 from ..loop.evaluation import record
-from ..method.rerank import DEFAULT_REFINE_ROUNDS, MAX_REFINE_ROUNDS, RERANKERS
+from ..method.rerank import DEFAULT_REFINE_ROUNDS, DEFAULT_REGRESSED, MAX_REFINE_ROUNDS, RERANKERS
 from .arguments import add_model_arguments, add_run_arguments, count, number
 from .evaluate import open_run
 
@@ -24,6 +24,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--top-k", type=count(1, 1000), default=16,
                         help="candidates re-ranked per frame (the node's top_k)")
     parser.add_argument("--refine-rounds", type=count(0, MAX_REFINE_ROUNDS), default=DEFAULT_REFINE_ROUNDS,
+                        help=argparse.SUPPRESS)
+    parser.add_argument("--regressor-candidates", type=count(0, 1000), default=DEFAULT_REGRESSED,
                         help=argparse.SUPPRESS)
     parser.add_argument("--target-precision", type=number(0.0, 1.0, above=True), default=1.0,
                         help="precision the settings must reach on this run (default 1.0)")

@@ -101,7 +101,8 @@ def open_run(args: argparse.Namespace, rerankers: list[str]) -> tuple[Localizer,
     run = labelled_run(args)
     localizer = open_localizer(args.checkpoint, args.backbone, args.device, args.map, threads=args.threads,
                                runtime=args.runtime, onnx=args.onnx, reranker=rerankers[0],
-                               top_k=args.top_k, refine_rounds=args.refine_rounds)
+                               top_k=args.top_k, refine_rounds=args.refine_rounds,
+                               regressor_candidates=args.regressor_candidates)
     if not args.map:
         add_frames(localizer, run.references, args.batch_size, len(run.references), desc="reference")
     return localizer, run

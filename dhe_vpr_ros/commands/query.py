@@ -28,7 +28,8 @@ def run_query(args: argparse.Namespace) -> int:
     from ..runtime import open_localizer
     localizer = open_localizer(args.checkpoint, args.backbone, args.device, args.map, threads=args.threads,
                                runtime=args.runtime, onnx=args.onnx, reranker=args.reranker,
-                               top_k=args.top_k, refine_rounds=args.refine_rounds)
+                               top_k=args.top_k, refine_rounds=args.refine_rounds,
+                               regressor_candidates=args.regressor_candidates)
     for path in args.images:
         result = localizer.query(read_image(path))
         if args.json:

@@ -70,7 +70,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lr-schedule", choices=("none", "cosine"), default=d.lr_schedule)
     parser.add_argument("--device", default=d.device, help="cpu, cuda (mixed precision bf16 on GPU)")
     parser.add_argument("--threads", type=count(0, 256), default=0,
-                        help="CPU threads per process (0: the CPUs available, at most 4)")
+                        help="CPU threads per process (0: the cores free beside it, at most 4)")
     parser.add_argument("--no-amp", action="store_true", help="full fp32 on GPU")
     parser.add_argument("--no-tensorboard", action="store_true")
     parser.add_argument("--dump-rank-weights", action="store_true",

@@ -62,7 +62,7 @@ class PlaceRecognizer:
     def __len__(self) -> int:
         return len(self.localizer.database)
 
-    RANKING = ("reranker", "top_k", "refine_rounds")  # the Localizer's live settings
+    RANKING = ("reranker", "top_k", "refine_rounds", "regressor_candidates")  # the Localizer's live settings
 
     def update(self, **changes) -> None:
         """Change policy fields and the ranking settings (``RANKING``) between two frames;

@@ -24,7 +24,7 @@ import torch
 from .geometry import scale_homography
 from .matching import Matches, grid_keypoints, reprojection_errors
 from .models import VPRModel
-from .rerank import DEFAULT_REFINE_ROUNDS, RERANKERS, Reranker, make_reranker
+from .rerank import DEFAULT_REFINE_ROUNDS, DEFAULT_REGRESSED, RERANKERS, Reranker, make_reranker
 
 __all__ = ["Candidate", "Localizer", "PlaceStore", "QueryResult", "clock", "image_size", "normalise", "prepare"]
 
@@ -122,35 +122,40 @@ class Localizer:
     """Embed, retrieve top-K by global similarity, re-rank, and report in original pixels."""
 
     def __init__(self, model: VPRModel, database: PlaceStore, device: torch.device | str = "cpu",
-                 reranker: str = "dhe", top_k: int = 32, refine_rounds: int = DEFAULT_REFINE_ROUNDS):
+                 reranker: str = "dhe", top_k: int = 32, refine_rounds: int = DEFAULT_REFINE_ROUNDS,
+                 regressor_candidates: int = DEFAULT_REGRESSED):
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.database = database
         self._rerankers: dict[str, Reranker] = {}
         self._usable: tuple | None = None  # (numpy mask, the same on the device)
         self._size_warned = False
-        self.configure(reranker, top_k, refine_rounds)
+        self.configure(reranker, top_k, refine_rounds, regressor_candidates)
 
     def configure(self, reranker: str | None = None, top_k: int | None = None,
-                  refine_rounds: int | None = None) -> None:
+                  refine_rounds: int | None = None, regressor_candidates: int | None = None) -> None:
         """Change how queries are ranked (live: the node's parameters); ValueError on a bad value."""
         if top_k is not None and top_k < 1:
             raise ValueError(f"top_k must be at least 1, not {top_k}")
         if refine_rounds is not None and refine_rounds < 0:
             raise ValueError(f"refine_rounds must be 0 or more, not {refine_rounds}")
+        if regressor_candidates is not None and regressor_candidates < 0:
+            raise ValueError(f"regressor_candidates must be 0 (all) or more, not {regressor_candidates}")
         if reranker is not None and reranker not in RERANKERS:
             raise ValueError(f"unknown re-ranker {reranker!r}; choose from {', '.join(RERANKERS)}")
         if top_k is not None:
             self.top_k = top_k
-        if refine_rounds is not None and refine_rounds != getattr(self, "refine_rounds", None):
-            self.refine_rounds = refine_rounds
-            self._rerankers.pop("dhe", None)
+        for name, value in (("refine_rounds", refine_rounds), ("regressor_candidates", regressor_candidates)):
+            if value is not None and value != getattr(self, name, None):
+                setattr(self, name, value)
+                self._rerankers.pop("dhe", None)
         if reranker is not None:
             self.default_reranker = reranker
 
     def reranker(self, name: str) -> Reranker:
         if name not in self._rerankers:  # make_reranker refuses an unknown name
-            options = {"refine_rounds": self.refine_rounds} if name == "dhe" else {}
+            options = {"refine_rounds": self.refine_rounds, "regressed": self.regressor_candidates} \
+                if name == "dhe" else {}
             self._rerankers[name] = make_reranker(name, self.model, stride=self.model.backbone.stride, **options)
         return self._rerankers[name]
 

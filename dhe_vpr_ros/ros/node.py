@@ -36,6 +36,7 @@ from ..loop.policy import LoopPolicy
 from ..loop.recognizer import PlaceRecognizer
 from ..runtime import open_localizer
 from ..runtime.frame_slots import FrameSlots
+from ..runtime.threads import ThreadGovernor
 from .debug_image import draw_match
 from .diagnostics import NodeStats, diagnostics_message
 from .messages import (DEBUG_QOS, RESULTS_QOS, image_qos, match_message, pose_message, stamp_ns, stamp_sec,
@@ -94,7 +95,7 @@ class VprNode(LifecycleNode):
                              logger=LoggerAdapter(self.get_logger()), threads=p["threads"] or None,
                              runtime=p["runtime"], onnx=p["onnx_dir"] or None,
                              reranker=p["reranker"], top_k=p["top_k"],
-                             refine_rounds=p["refine_rounds"])
+                             refine_rounds=p["refine_rounds"], regressor_candidates=p["regressor_candidates"])
         self.recognizer = PlaceRecognizer(loc, LoopPolicy.from_mapping(p))
         self.device = str(loc.device)
         self.slots = FrameSlots()
@@ -193,10 +194,13 @@ class VprNode(LifecycleNode):
             self.get_logger().warning(text)
 
     def _work(self) -> None:
-        """The inference thread: no input can end it; every failure is counted and reported."""
+        """The inference thread: no input can end it; every failure is counted and reported. Its
+        torch threads follow the cores free beside the node (``ThreadGovernor``), unless ``threads`` is set."""
         slots = self.slots
+        governor = ThreadGovernor(self.p["threads"] or None, logger=LoggerAdapter(self.get_logger()))
         while (item := slots.take()) is not None:
             self._respect_max_rate()
+            governor.adjust()
             try:
                 image = check_usable(to_rgb(item.msg, self.p["max_image_pixels"]))
             except ImageConversionError as exc:

@@ -18,7 +18,7 @@ from ..image_conversion import MAX_PIXELS
 from ..loop.policy import AUTO, CALIBRATED_MIN_SCORE, LoopPolicy
 from ..loop.sequence import SequenceSettings
 from ..map.format import is_map
-from ..method.rerank import DEFAULT_REFINE_ROUNDS, MAX_REFINE_ROUNDS, RERANKERS
+from ..method.rerank import DEFAULT_REFINE_ROUNDS, DEFAULT_REGRESSED, MAX_REFINE_ROUNDS, RERANKERS
 from ..runtime.loading import RUNTIMES
 
 __all__ = ["LIVE", "PARAMETERS", "ParamSpec", "ParameterProblem", "check_live", "check_startup", "config_yaml",
@@ -49,8 +49,8 @@ PARAMETERS: dict[str, ParamSpec] = {
     "runtime": ParamSpec("torch", "torch, or onnxruntime: the exported ONNX files in onnx_dir (CUDA / TensorRT "
                                   "providers where installed)"),
     "onnx_dir": ParamSpec("", "with runtime onnxruntime: the folder `export` wrote"),
-    "threads": ParamSpec(0, "CPU threads for the network (0: the CPUs available, at most 4); OpenCV and FAISS use "
-                            "one, idle OpenMP threads sleep", False, (0, 256)),
+    "threads": ParamSpec(0, "CPU threads for the network (0: the cores free beside the node, followed while it "
+                            "runs, at most 4); OpenCV and FAISS use one", False, (0, 256)),
     "image_topics": ParamSpec(["image"], "camera topics; a name ending in /compressed is a CompressedImage topic"),
     "image_qos_reliability": ParamSpec("best_effort", "best_effort (sensor data QoS) or reliable, for the images"),
     "max_image_pixels": ParamSpec(MAX_PIXELS, "larger frames are bad messages, refused before they are decoded "
@@ -61,6 +61,9 @@ PARAMETERS: dict[str, ParamSpec] = {
     "refine_rounds": ParamSpec(DEFAULT_REFINE_ROUNDS, "dhe: rounds of refitting the homography to its inlier "
                                                       "matches (0: the regressed homography)", True,
                                (0, MAX_REFINE_ROUNDS)),
+    "regressor_candidates": ParamSpec(DEFAULT_REGRESSED, "dhe: candidates the homography regressor runs on, the "
+                                                         "ones the matches' shift start scores best; the others keep "
+                                                         "that start (0: every candidate)", True, (0, 1000)),
     "min_score": ParamSpec(AUTO, "sequence score a loop closure (and matched_pose) needs; -1: the calibrated "
                                  "default of the active re-ranker (" + ", ".join(
                                      f"{k} {v:g}" for k, v in CALIBRATED_MIN_SCORE.items()) + ")",

@@ -4,16 +4,15 @@
 ONNX export in onnxruntime), the newest-frame buffer, and the one factory threads -> device ->
 model -> map -> Localizer.
 
-Importing this subpackage loads no torch (the thread settings must be in place first); the
-other names are imported when first used.
+Names are imported when first used, so a command's ``--help`` loads no torch.
 """
 import importlib
 
-from .threads import ThreadSettings, configure_threads, default_threads, set_wait_policy
+from .threads import ThreadGovernor, ThreadSettings, choose_threads, configure_threads
 
-__all__ = ["FrameSlots", "OnnxError", "RUNTIMES", "ThreadSettings", "configure_threads", "default_checkpoint",
-           "default_threads", "export_model", "load_any_model", "load_model", "load_onnx_model", "open_localizer",
-           "resolve_device", "set_wait_policy"]
+__all__ = ["FrameSlots", "OnnxError", "RUNTIMES", "ThreadGovernor", "ThreadSettings", "choose_threads",
+           "configure_threads", "default_checkpoint", "export_model", "load_any_model", "load_model", "load_onnx_model",
+           "open_localizer", "resolve_device"]
 
 _LAZY = {"FrameSlots": "frame_slots", "OnnxError": "onnx", "RUNTIMES": "loading", "default_checkpoint": "loading",
          "export_model": "onnx_export", "load_any_model": "loading", "load_model": "loading", "load_onnx_model": "onnx",

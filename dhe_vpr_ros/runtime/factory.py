@@ -25,7 +25,7 @@ def open_localizer(checkpoint: str | os.PathLike | None = None, backbone: str | 
     (``threads.configure_threads``), resolve the device, load the model,
     open the map at ``map_path`` (checked against the model) or make a new one
     (``new_map(model, build_info)``, default: an empty in-memory map), and tie them into a
-    ``Localizer``; ``options`` (reranker, top_k, refine_rounds) go to it."""
+    ``Localizer``; ``options`` (reranker, top_k, refine_rounds, regressor_candidates) go to it."""
     settings = configure_threads(threads)
     dev = resolve_device(device, logger) if runtime == "torch" else torch.device("cpu")
     model, build_info = load_any_model(checkpoint or None, backbone or None, dev, logger, runtime, onnx,
