@@ -24,7 +24,7 @@ OVERRIDES = {  # argument -> (parameter type, description); passed only when giv
     "checkpoint": (str, "model checkpoint (default: the shipped model)"),
     "device": (str, "cpu, cuda or cuda:N"),
     "autostart": (bool, "configure and activate at start (the node's default: true)"),
-    "runtime": (str, "torch or onnxruntime"),
+    "runtime": (str, "auto (the checkpoint's export when there is one), torch or onnxruntime"),
     "onnx_dir": (str, "with runtime onnxruntime: the folder `export` wrote"),
 }
 

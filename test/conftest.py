@@ -23,6 +23,19 @@ def _torch_caches_in_the_test_folder(tmp_path_factory):
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = saved
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _user_cache_in_the_test_folder(tmp_path_factory):
+    """``export`` writes to the user's cache folder and ``runtime: auto`` reads it: point it into
+    pytest's temporary folder, so that an export on the machine never changes what a test runs."""
+    saved = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("xdg_cache"))
+    yield
+    if saved is None:
+        del os.environ["XDG_CACHE_HOME"]
+    else:
+        os.environ["XDG_CACHE_HOME"] = saved
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

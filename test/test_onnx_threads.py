@@ -130,3 +130,41 @@ def test_thread_settings_are_applied_once_and_reported_by_info():
             "faiss.omp_get_max_threads())")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True).stdout
     assert out.split() == ["True", "1", "1", "1", "1"]
+
+
+def test_runtime_auto_uses_the_export_of_the_active_checkpoint_only(tmp_path, monkeypatch, caplog, capsys):
+    """``export`` without --out writes into the user's cache folder; ``runtime: auto`` (the default)
+    then runs that export through onnxruntime, with the same answers; another checkpoint, whose
+    hash the export does not record, runs in PyTorch; an export beside a checkpoint is found too."""
+    from dhe_vpr_ros.method.models import build_model, save_checkpoint
+    from dhe_vpr_ros.method.models.checkpoint import file_sha256
+    from dhe_vpr_ros.runtime.exports import cache_folder
+    from dhe_vpr_ros.runtime.loading import default_checkpoint
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    photos = sorted(str(p) for p in (DATA / "queries").glob("*.jpg"))[:3]
+    assert main(["build-map", "--images", str(DATA / "database"), "-o", str(tmp_path / "map")]) == 0
+
+    def first_places(*extra):
+        caplog.clear()
+        capsys.readouterr()
+        with caplog.at_level(logging.INFO):
+            assert main(["query", "--map", str(tmp_path / "map"), "--json", *extra, *photos]) == 0
+        answers = [json.loads(line)[0]["place_id"] for line in capsys.readouterr().out.splitlines()]
+        return caplog.text + f"\nfirst places {answers}"
+
+    text = first_places()
+    assert "runtime auto: PyTorch (no export of default_model.pt" in text
+    torch_answers = text.rsplit("\n", 1)[1]
+    assert main(["export"]) == 0
+    folder = cache_folder(file_sha256(default_checkpoint()))
+    assert (folder / "model.json").is_file() and folder.is_relative_to(tmp_path / "cache")
+    text = first_places()
+    assert f"runtime auto: onnxruntime, the export of default_model.pt at {folder}" in text
+    assert text.rsplit("\n", 1)[1] == torch_answers
+    other = tmp_path / "other.pt"
+    model = build_model("efficientnet_lite0", pretrained=True)
+    save_checkpoint(other, model)
+    assert "runtime auto: PyTorch (no export of other.pt" in first_places("--checkpoint", str(other))
+    assert main(["export", "--checkpoint", str(other), "--out", str(tmp_path / "other.pt.onnx")]) == 0
+    assert f"runtime auto: onnxruntime, the export of other.pt at {tmp_path / 'other.pt.onnx'}" in \
+        first_places("--checkpoint", str(other))

@@ -92,17 +92,25 @@ def run_model_info(args: argparse.Namespace) -> int:
 
 # -- export -----------------------------------------------------------------------------------
 def add_export(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", required=True, help="a new folder for backbone.onnx, regressor.onnx, model.json")
+    parser.add_argument("--out", help="a new folder for backbone.onnx, regressor.onnx, model.json (default: the "
+                                      "user's cache folder for this checkpoint, where --runtime auto finds it)")
     parser.add_argument("--checkpoint", help="model checkpoint (default: the shipped model)")
     parser.add_argument("--backbone", help="without --checkpoint: backbone name")
 
 
 def run_export(args: argparse.Namespace) -> int:
+    from ..runtime.exports import cache_folder
     from ..runtime.loading import load_model
     from ..runtime.onnx_export import export_model
     model, info = load_model(args.checkpoint, args.backbone)
-    meta = export_model(model, args.out, info)
-    sizes = ", ".join(f"{p.name} {p.stat().st_size / 1e6:.1f} MB" for p in sorted(Path(args.out).glob("*.onnx")))
-    log.info("wrote %s (%s): %s; run it with --runtime onnxruntime --onnx %s", args.out, meta["backbone"], sizes,
-             args.out)
+    out = args.out
+    if out is None:
+        if not info.get("checkpoint_sha256"):
+            raise ValueError("a model without a checkpoint has no cache folder: give --out DIR")
+        out = str(cache_folder(info["checkpoint_sha256"]))
+    meta = export_model(model, out, info)
+    sizes = ", ".join(f"{p.name} {p.stat().st_size / 1e6:.1f} MB" for p in sorted(Path(out).glob("*.onnx")))
+    how = "--runtime auto (the default) finds it" if args.out is None else \
+        f"run it with --runtime onnxruntime --onnx {out}"
+    log.info("wrote %s (%s): %s; %s", out, meta["backbone"], sizes, how)
     return 0

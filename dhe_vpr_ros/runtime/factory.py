@@ -19,7 +19,7 @@ __all__ = ["open_localizer"]
 
 def open_localizer(checkpoint: str | os.PathLike | None = None, backbone: str | None = None,
                    device: str | None = "cpu", map_path: str | os.PathLike | None = None, *,
-                   new_map=None, logger=None, threads: int | None = None, runtime: str = "torch",
+                   new_map=None, logger=None, threads: int | None = None, runtime: str = "auto",
                    onnx: str | os.PathLike | None = None, **options):
     """The one setup every command and the node share: apply the thread settings
     (``threads.configure_threads``), resolve the device, load the model,
@@ -27,7 +27,7 @@ def open_localizer(checkpoint: str | os.PathLike | None = None, backbone: str | 
     (``new_map(model, build_info)``, default: an empty in-memory map), and tie them into a
     ``Localizer``; ``options`` (reranker, top_k, refine_rounds, regressor_candidates) go to it."""
     settings = configure_threads(threads)
-    dev = resolve_device(device, logger) if runtime == "torch" else torch.device("cpu")
+    dev = resolve_device(device, logger) if runtime != "onnxruntime" else torch.device("cpu")
     model, build_info = load_any_model(checkpoint or None, backbone or None, dev, logger, runtime, onnx,
                                        settings.torch)
     if map_path:

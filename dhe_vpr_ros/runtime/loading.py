@@ -13,6 +13,7 @@ import torch
 from .. import DATA_DIR
 from ..method.models import VPRModel, build_model, load_checkpoint
 from ..method.models.checkpoint import file_sha256
+from .exports import resolve_runtime
 
 __all__ = ["RUNTIMES", "default_checkpoint", "load_any_model", "load_model"]
 
@@ -47,25 +48,29 @@ def load_model(checkpoint: str | os.PathLike | None = None, backbone: str | None
     return model, {"checkpoint": None, "checkpoint_sha256": None}
 
 
-RUNTIMES = ("torch", "onnxruntime")
+RUNTIMES = ("auto", "torch", "onnxruntime")  # auto: the checkpoint's export if export wrote one
 
 
-def load_any_model(checkpoint, backbone, device, logger, runtime: str = "torch", onnx: str | None = None,
+def load_any_model(checkpoint, backbone, device, logger, runtime: str = "auto", onnx: str | None = None,
                    threads: int | None = None):
-    """``load_model`` for runtime torch; for onnxruntime the exported folder ``onnx``."""
+    """``load_model`` for runtime torch; for onnxruntime the exported folder ``onnx``; for auto
+    the active checkpoint's export when ``export`` wrote one (``exports.resolve_runtime``), else torch."""
     if runtime not in RUNTIMES:
         raise ValueError(f"unknown runtime {runtime!r}; choose from {', '.join(RUNTIMES)}")
+    if runtime == "auto":
+        active = Path(checkpoint) if checkpoint else (default_checkpoint() if not backbone else None)
+        runtime, onnx = resolve_runtime(runtime, active, onnx, str(device), logger)
     if runtime == "torch":
         return load_model(checkpoint, backbone, device, logger)
     if not onnx:
         raise ValueError("runtime onnxruntime needs the exported model folder (--onnx DIR, the node's onnx_dir); "
-                         "write one with `python -m dhe_vpr_ros export --out DIR`")
+                         "write one with `python -m dhe_vpr_ros export`")
     from .onnx import OnnxError, load_onnx_model
     model = load_onnx_model(onnx, backbone or None, threads)
     if checkpoint and file_sha256(checkpoint) != model.meta.get("checkpoint_sha256"):
         made_from = model.meta.get("checkpoint") or "no checkpoint"
         raise OnnxError(f"the export {onnx} was made from {made_from}, not from --checkpoint {checkpoint} (their "
-                        f"hashes differ): export that checkpoint (`export --checkpoint {checkpoint} --out DIR`), or "
+                        f"hashes differ): export that checkpoint (`export --checkpoint {checkpoint}`), or "
                         "leave --checkpoint out to run the export as it is")
     (logger or log).info("runtime onnxruntime: %s (%s)", onnx, ", ".join(model.providers))
     return model, {"checkpoint": model.meta.get("checkpoint") or f"onnx:{onnx}",
