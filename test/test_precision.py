@@ -140,3 +140,38 @@ def test_pose_variance_grows_as_the_evidence_weakens():
     assert scale(50, 5) == pytest.approx(4.0) and scale(70, 5) < scale(50, 5)
     assert scale(100, 1) == pytest.approx(5.0) and scale(100, 1) > scale(100, 3) > scale(100, 5)
     assert np.isfinite(scale(0.0, 0))
+
+
+def test_lines_predict_the_next_place_and_bridge_a_frame_retrieval_missed():
+    """Guided candidates (issue 25): a frame whose retrieval dropped the true place still has it
+    re-ranked when the strongest line predicts it, so the line keeps its real support and the frame
+    is verified; without the prediction it is not. A one-frame jump far away never passes."""
+    settings = SequenceSettings(length=3, tolerance=1, max_speed=2.0, min_agreeing=2, min_distinctiveness=1.5)
+    truth = {t: 100 + 2 * t for t in range(8)}  # the robot moves 2 places per frame
+    distractors = lambda t: ([400 + 5 * t, 700 - 3 * t], [30.0, 25.0])  # noqa: E731
+
+    def frame(t, missed=False, guided=()):
+        ids, scores = distractors(t)
+        if not missed or truth[t] in guided:  # the predicted place is re-ranked: it gets its true score
+            ids, scores = [truth[t], *ids], [120.0, *scores]
+        return ids, scores
+
+    for guide in (False, True):
+        verifier = SequenceVerifier(settings)
+        passed, predicted = [], []
+        for t in range(8):
+            guided = verifier.predict(2) if guide else []
+            predicted.append(guided)
+            verdict = verifier.observe(*frame(t, missed=t == 5, guided=guided))
+            passed.append(verdict.passes(settings, 90.0) and verdict.place_id == truth[t])
+        if guide:
+            assert predicted[5][0] == truth[5]  # the strongest line's next place
+            assert passed == [False, False, True, True, True, True, True, True]
+        else:  # frame 5 lost its place, and the two frames after it lack a third of their support
+            assert passed == [False, False, True, True, True, False, False, False]
+    verifier = SequenceVerifier(settings)
+    for t in range(5):
+        verifier.observe(*frame(t))
+    jump = verifier.observe([900, *distractors(5)[0]], [200.0, *distractors(5)[1]])  # a look-alike far away
+    assert jump.place_id == 900 and not jump.passes(settings, 90.0)
+    assert verifier.predict(0) == [] and SequenceVerifier(settings).predict(3) == []

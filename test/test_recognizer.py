@@ -101,3 +101,27 @@ def test_frame_slots_keep_the_newest_frame_per_source_and_count_drops():
     slots.close()
     waiter.join(5)
     assert result == [None] and not waiter.is_alive()
+
+
+def test_places_a_line_predicts_are_re_ranked_when_retrieval_missed_them(model):
+    """A route of 6 places, top_k 1: the frames' own places are retrieved, and from the third frame
+    on the line's predicted place joins the candidates (``sequence_guided``), with the similarity
+    retrieval would have given it; an excluded or unknown place never does."""
+    loc = Localizer(model, MapDatabase(model_identity(model)), reranker="ransac", top_k=1)
+    loc.add_images([scene(90 + i) for i in range(6)], [Place(-1, f"p{i}", i * S) for i in range(6)])
+    query = loc.embed([scene(93)])[1][0]
+    sims, ids = loc.retrieve(query, 1)
+    assert ids.tolist() == [3]
+    sims2, ids2 = loc.retrieve(query, 1, include_ids=[5, 3, 99, -1], exclude_ids=[4])
+    assert ids2.tolist() == [3, 5] and sims2[0] == pytest.approx(sims[0]) and sims2[1] < sims2[0]
+    assert sims2[1] == pytest.approx(float(loc.database.similarities(query, [5])[0]))
+    policy = LoopPolicy(min_score=10, min_time_gap_sec=0, sequence_length=3, sequence_tolerance=0,
+                        sequence_max_speed=1.0, sequence_guided=1, min_distinctiveness=1.0)
+    rec = PlaceRecognizer(loc, policy)
+    candidates = [[c.place_id for c in rec.recognize(scene(90 + t), (100 + t) * S).result.candidates]
+                  for t in range(3)]
+    assert [c[0] for c in candidates] == [0, 1, 2]  # (after the first frame a line predicts where it stands)
+    # the fourth frame is retrieved as place 5 (another scene); the line 0, 1, 2 puts the robot at 3
+    assert [c.place_id for c in rec.recognize(scene(95), 103 * S).result.candidates] in ([5, 3], [3, 5])
+    rec.update(sequence_guided=0)
+    assert [c.place_id for c in rec.recognize(scene(95), 104 * S).result.candidates] == [5]

@@ -67,8 +67,9 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (cuda falls back to cpu)")
     parser.add_argument("--threads", type=count(0, 256), default=0,
                         help="CPU threads for the network (0: the cores free beside it, at most 4; doc/speed.md)")
-    parser.add_argument("--runtime", choices=RUNTIMES, default="torch",
-                        help="run the networks in PyTorch, or the exported ONNX files (--onnx) in onnxruntime")
+    parser.add_argument("--runtime", choices=RUNTIMES, default="auto",
+                        help="auto (default): the checkpoint's export in onnxruntime when `export` wrote one, else "
+                             "PyTorch; torch; or onnxruntime with the exported files in --onnx")
     parser.add_argument("--onnx", help="with --runtime onnxruntime: the folder `export` wrote")
 
 

@@ -9,6 +9,7 @@ import logging
 
 from ..loop.calibration import calibrate, check_params_target, params_yaml, write_params
 from ..loop.evaluation import record
+from ..loop.policy import LoopPolicy
 from ..method.rerank import DEFAULT_REFINE_ROUNDS, DEFAULT_REGRESSED, MAX_REFINE_ROUNDS, RERANKERS
 from .arguments import add_model_arguments, add_run_arguments, count, number
 from .evaluate import open_run
@@ -40,8 +41,8 @@ def run(args: argparse.Namespace) -> int:
     labelled.label_with_map(localizer.database.places)
     if len(labelled.queries) < 2:
         raise ValueError("a run needs at least 2 query frames")
-    recorded = record(localizer, labelled.queries, [args.reranker], args.top_k)
-    cal = calibrate(labelled, recorded.rankings[args.reranker], args.reranker, args.top_k, args.target_precision)
+    recorded = record(localizer, labelled.queries, [args.reranker], args.top_k, guidance=LoopPolicy())
+    cal = calibrate(labelled, recorded.for_sequence(args.reranker), args.reranker, args.top_k, args.target_precision)
     text = params_yaml(cal, labelled.description)
     write_params(args.output, text)
     log.info("wrote %s: min_score %g, sequence_length %d, min_distinctiveness %g: precision %.3f, recall %.3f "

@@ -66,7 +66,7 @@ def plot_curves(recorded: RecordedRun, run: LabelledRun, path: str, policy: Loop
     for name, ranked in recorded.rankings.items():
         kinds = [("", first_answers(run, ranked), "-")]
         if sequence:
-            kinds.append((" + sequence", sequence_answers(run, ranked, policy, name), "--"))
+            kinds.append((" + sequence", sequence_answers(run, recorded.for_sequence(name), policy, name), "--"))
         for suffix, answers, style in kinds:
             curve = precision_curve(answers.scores, answers.correct, answers.has_positive)
             ax.plot(np.r_[0.0, curve.recall], np.r_[1.0, curve.precision], style,
@@ -120,7 +120,8 @@ def run(args: argparse.Namespace) -> int:
             check_output(output)
     localizer, labelled = open_run(args, rerankers)
     labelled.label_with_map(localizer.database.places)
-    recorded = record(localizer, labelled.queries, rerankers, args.top_k, max(values))
+    recorded = record(localizer, labelled.queries, rerankers, args.top_k, max(values),
+                      policy if args.sequence else None)
     report = report_of(labelled, recorded, args.top_k, len(localizer.database), values, policy, args.sequence)
     sys.stdout.write(format_table(report))
     sys.stdout.flush()

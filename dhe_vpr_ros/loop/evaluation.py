@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import math
 import statistics
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from tqdm import tqdm
@@ -57,15 +57,34 @@ class Ranked:
 
 @dataclass
 class RecordedRun:
-    """Every query's ranking under every re-ranker, in query order, and the mean timings (ms)."""
+    """Every query's ranking under every re-ranker, in query order, and the mean timings (ms).
+    ``guided``: the rankings the sequence verification saw, where it added the places its lines
+    predicted (``LoopPolicy.sequence_guided``; single-frame figures never use them)."""
 
     rankings: dict[str, list[Ranked]]
     latency_ms: dict
+    guided: dict[str, list[Ranked]] = field(default_factory=dict)
+
+    def for_sequence(self, reranker: str) -> list[Ranked]:
+        return self.guided.get(reranker, self.rankings[reranker])
 
 
-def record(localizer: Localizer, queries, rerankers=RERANKERS, top_k: int = 32, depth: int = 20) -> RecordedRun:
-    """Embed, retrieve and re-rank every query in order (the node's work for each frame)."""
+def _ranked(result, ids: np.ndarray) -> Ranked:
+    head = np.array([c.place_id for c in result.candidates], dtype=np.int64)
+    return Ranked(np.concatenate([head, ids[~np.isin(ids, head)]]),
+                  np.array([c.score for c in result.candidates], dtype=np.float64))
+
+
+def record(localizer: Localizer, queries, rerankers=RERANKERS, top_k: int = 32, depth: int = 20,
+           guidance: LoopPolicy | None = None) -> RecordedRun:
+    """Embed, retrieve and re-rank every query in order (the node's work for each frame). With
+    ``guidance`` (sequence_guided > 0, a window of 2 frames or more), each re-ranker's frames also
+    go through the sequence verification as in the node: the places its strongest lines predict
+    are re-ranked with the frame's candidates, and that ranking is recorded in ``guided``."""
     rankings = {name: [] for name in rerankers}
+    guide = guidance is not None and guidance.sequence_guided > 0 and guidance.sequence_length > 1
+    verifiers = {name: SequenceVerifier(guidance.sequence()) for name in rerankers} if guide else {}
+    guided = {name: [] for name in verifiers}
     times = {"embed": [], "retrieve": [], **{f"rerank.{name}": [] for name in rerankers}}
     for frame in tqdm(queries, desc="queries", unit="img", disable=None):
         image = frame.load()
@@ -79,14 +98,25 @@ def record(localizer: Localizer, queries, rerankers=RERANKERS, top_k: int = 32, 
         for name in rerankers:
             result = localizer.rank(local[0], global_[0], size, name, top_k, retrieved=(sims, ids))
             times[f"rerank.{name}"].append(result.timings_ms["rerank"] / 1e3)
-            head = np.array([c.place_id for c in result.candidates], dtype=np.int64)
-            rest = ids[~np.isin(ids, head)]
-            rankings[name].append(Ranked(np.concatenate([head, rest]),
-                                         np.array([c.score for c in result.candidates], dtype=np.float64)))
+            rankings[name].append(_ranked(result, ids))
+            if name in verifiers:
+                ranked = _guided_ranking(localizer, local[0], global_[0], size, name, top_k, ids,
+                                         verifiers[name].predict(guidance.sequence_guided), rankings[name][-1])
+                verifiers[name].observe(*ranked.candidates)
+                guided[name].append(ranked)
     mean_ms = {key: 1e3 * statistics.fmean(vals) if vals else 0.0 for key, vals in times.items()}
     latency = {"embed": mean_ms["embed"], "retrieve": mean_ms["retrieve"],
                "rerank": {name: mean_ms[f"rerank.{name}"] for name in rerankers if name != "none"}}
-    return RecordedRun(rankings, latency)
+    return RecordedRun(rankings, latency, guided)
+
+
+def _guided_ranking(localizer, local, global_, size, name, top_k, ids, predicted, plain: Ranked) -> Ranked:
+    """The frame's ranking with the predicted places retrieval missed re-ranked too (``plain`` when none)."""
+    if not len(np.setdiff1d(np.asarray(predicted, dtype=np.int64), ids[:top_k])):
+        return plain
+    sims, with_predicted = localizer.retrieve(global_, top_k, include_ids=predicted)
+    result = localizer.rank(local, global_, size, name, len(with_predicted), retrieved=(sims, with_predicted))
+    return _ranked(result, np.concatenate([with_predicted, ids[~np.isin(ids, with_predicted)]]))
 
 
 def recalls(rankings: list[np.ndarray], positives: list[np.ndarray], values=RECALL_VALUES) -> dict[int, float]:
@@ -151,7 +181,7 @@ def evaluate(localizer: Localizer, run: LabelledRun, rerankers=RERANKERS, top_k:
              values=RECALL_VALUES, policy: LoopPolicy | None = None, sequence: bool = False) -> dict:
     """Run every query through retrieval and each re-ranker; returns the report dict."""
     run.label_with_map(localizer.database.places)
-    recorded = record(localizer, run.queries, rerankers, top_k, max(values))
+    recorded = record(localizer, run.queries, rerankers, top_k, max(values), policy if sequence else None)
     return report_of(run, recorded, top_k, len(localizer.database), values, policy or LoopPolicy(), sequence)
 
 
@@ -173,7 +203,7 @@ def report_of(run: LabelledRun, recorded: RecordedRun, top_k: int, num_places: i
     }
     if sequence:
         report["sequence"] = {
-            "settings": {name: getattr(policy, name) for name in SEQUENCE_PARAMETERS},
-            "precision": {name: sequence_answers(run, recorded.rankings[name], policy, name).summary(
+            "settings": {name: getattr(policy, name) for name in (*SEQUENCE_PARAMETERS, "sequence_guided")},
+            "precision": {name: sequence_answers(run, recorded.for_sequence(name), policy, name).summary(
                 policy.threshold(name)) for name in rerankers}}
     return report

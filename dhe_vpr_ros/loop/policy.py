@@ -14,7 +14,7 @@ from dataclasses import dataclass, fields
 
 from .sequence import SequenceSettings, Verdict
 
-__all__ = ["AUTO", "CALIBRATED_MIN_SCORE", "LOOP_CLOSURE_PARAMETERS", "LoopPolicy", "SEQUENCE_PARAMETERS",
+__all__ = ["AUTO", "CALIBRATED_MIN_SCORE", "LOOP_CLOSURE_PARAMETERS", "MAX_GUIDED", "LoopPolicy", "SEQUENCE_PARAMETERS",
            "pose_variance_scale"]
 
 AUTO = -1.0  # min_score: the calibrated threshold of the active re-ranker
@@ -31,7 +31,8 @@ _SEQUENCE_FIELDS = {"sequence_length": "length", "sequence_tolerance": "toleranc
 # The LoopPolicy fields of the sequence verification, and with min_score all that decides whether
 # a match is a loop closure: what `calibrate` writes, `evaluate` takes as options and reports.
 SEQUENCE_PARAMETERS = tuple(_SEQUENCE_FIELDS)
-LOOP_CLOSURE_PARAMETERS = ("min_score", *SEQUENCE_PARAMETERS)
+LOOP_CLOSURE_PARAMETERS = ("min_score", *SEQUENCE_PARAMETERS, "sequence_guided")
+MAX_GUIDED = 64
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,7 @@ class LoopPolicy:
     sequence_min_agreeing: int = SequenceSettings.min_agreeing
     min_distinctiveness: float = SequenceSettings.min_distinctiveness
     distinctiveness_neighbourhood: int = SequenceSettings.neighbourhood
+    sequence_guided: int = 2  # places the strongest lines predict, re-ranked with the next frame's candidates
 
     def __post_init__(self):
         for name in ("min_time_gap_sec", "keyframe_min_interval_sec"):
@@ -60,6 +62,8 @@ class LoopPolicy:
                              f"number >= 0, not {self.min_score}")
         if self.max_places < 1:
             raise ValueError(f"max_places must be at least 1, not {self.max_places}")
+        if not 0 <= self.sequence_guided <= MAX_GUIDED:
+            raise ValueError(f"sequence_guided must be from 0 to {MAX_GUIDED}, not {self.sequence_guided}")
         try:
             self.sequence()
         except ValueError as exc:  # name the policy's field, not the settings'

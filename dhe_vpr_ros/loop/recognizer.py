@@ -93,7 +93,8 @@ class PlaceRecognizer:
         local, global_ = loc.embed([image])
         size = (int(image.shape[1]), int(image.shape[0]))
         with self._lock:
-            result = loc.rank(local[0], global_[0], size, exclude_ids=self.excluded_ids(stamp_ns))
+            guided = self.verifier.predict(self.policy.sequence_guided) if self.policy.sequence_length > 1 else []
+            result = loc.rank(local[0], global_[0], size, exclude_ids=self.excluded_ids(stamp_ns), include_ids=guided)
             out = self._judge(result, stamp_ns)
             if self.policy.add_keyframes:
                 out.keyframe_id = self._maybe_add_keyframe(local, global_, size, source, stamp_ns)

@@ -118,6 +118,7 @@ class SequenceVerifier:
     def __init__(self, settings: SequenceSettings = SequenceSettings()):
         self.settings = settings
         self._history: deque = deque(maxlen=max(settings.length - 1, 0))
+        self._lines: tuple | None = None  # (next places, scores) of the last frame's best line per candidate
 
     def configure(self, settings: SequenceSettings) -> None:
         """New settings, keeping as much history as the new window holds."""
@@ -127,11 +128,30 @@ class SequenceVerifier:
     def reset(self) -> None:
         """Forget the past frames (another map, another re-ranker's score scale)."""
         self._history.clear()
+        self._lines = None
+
+    def predict(self, count: int) -> list[int]:
+        """Where the ``count`` strongest lines of the last frame put the next one (place ids, best
+        first): re-ranked with the next frame's candidates, a line keeps real support on a frame
+        whose retrieval missed its place (SeqSLAM sees every place; the top-K alone does not)."""
+        if not count or self._lines is None:
+            return []
+        places, scores = self._lines
+        out: list[int] = []
+        for i in np.argsort(-scores, kind="stable"):
+            if scores[i] <= 0:
+                break
+            if (place := int(places[i])) not in out:
+                out.append(place)
+            if len(out) == count:
+                break
+        return out
 
     def observe(self, place_ids, scores) -> Verdict:
         """Judge a frame from its candidates (best first: place ids and scores), then remember it."""
         ids = np.asarray(place_ids, dtype=np.int64).reshape(-1)
         values = np.maximum(np.nan_to_num(np.asarray(scores, dtype=np.float64).reshape(-1), nan=0.0), 0.0)
+        self._lines = None
         verdict = self._judge(ids, values) if ids.size else NO_VERDICT
         if self._history.maxlen:
             self._history.appendleft((ids, values))
@@ -159,6 +179,8 @@ class SequenceVerifier:
             agreeing += near[..., 0]  # the past frame's first-ranked place is on the line
         total = (values[:, None] + support) / s.length
         best_per_anchor = total.max(axis=1)
+        speed_per_anchor = speeds[(total - 1e-9 * np.abs(speeds)[None, :]).argmax(axis=1)]  # ties: the slowest
+        self._lines = (np.rint(ids + speed_per_anchor).astype(np.int64), best_per_anchor)
         # the current frame must agree too: only places near its first-ranked one are hypotheses
         # (else the past frames alone would carry a line on after the robot left it)
         eligible = np.where((np.abs(ids - ids[0]) <= s.tolerance)[:, None], total, -np.inf)

@@ -150,6 +150,17 @@ class MapDatabase:
                   else faiss.SearchParameters(sel=selector))
         return self._index.search(q, k, params=params)
 
+    def similarities(self, query: np.ndarray, ids) -> np.ndarray:
+        """(len(ids),) inner products of the L2-normalised ``query`` with the given places' stored
+        global descriptors (what ``search`` would have scored them)."""
+        q = np.ascontiguousarray(query, dtype=np.float32).reshape(1, self.identity.global_dim)
+        faiss.normalize_L2(q)
+        ids = np.asarray(ids, dtype=np.int64)
+        if not ids.size:
+            return np.zeros(0, np.float32)
+        stored = np.stack([self._index.reconstruct(int(i)) for i in ids])
+        return (stored @ q[0]).astype(np.float32)
+
     def timestamps_ns(self) -> np.ndarray:
         """(N,) place stamps in ns, -1 where unknown (for time-gap filtering)."""
         return np.array([p.timestamp_ns if p.timestamp_ns is not None else -1 for p in self.places],

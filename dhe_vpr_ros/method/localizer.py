@@ -41,6 +41,8 @@ class PlaceStore(Protocol):
 
     def search(self, queries: np.ndarray, k: int, exclude_ids: np.ndarray | None = None) -> tuple: ...
 
+    def similarities(self, query: np.ndarray, ids) -> np.ndarray: ...
+
     def local_features(self, ids) -> np.ndarray: ...
 
     def usable_cells(self) -> np.ndarray | None: ...
@@ -186,25 +188,44 @@ class Localizer:
         result.timings_ms = {"embed": embed_ms, **result.timings_ms}
         return result
 
-    def retrieve(self, global_descriptor: np.ndarray, k: int,
-                 exclude_ids: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def retrieve(self, global_descriptor: np.ndarray, k: int, exclude_ids: np.ndarray | None = None,
+                 include_ids=None) -> tuple[np.ndarray, np.ndarray]:
+        """(similarities, ids) of the top ``k`` places by global similarity, best first; places in
+        ``include_ids`` (e.g. where a sequence hypothesis says the robot is) are added when retrieval
+        missed them and they are neither excluded nor unknown, in order of similarity."""
         sims, ids = self.database.search(global_descriptor[None], k, exclude_ids=exclude_ids)
         keep = ids[0] >= 0  # FAISS pads with -1 when fewer than k places are eligible
-        return sims[0][keep], ids[0][keep]
+        sims, ids = sims[0][keep], ids[0][keep]
+        if include_ids is not None and len(include_ids):
+            extra = np.setdiff1d(np.asarray(include_ids, dtype=np.int64), ids)
+            extra = extra[(extra >= 0) & (extra < len(self.database.places))]
+            if exclude_ids is not None and len(exclude_ids):
+                extra = np.setdiff1d(extra, np.asarray(exclude_ids, dtype=np.int64))
+            if extra.size:
+                sims = np.concatenate([sims, self.database.similarities(global_descriptor, extra)])
+                ids = np.concatenate([ids, extra])
+                order = np.argsort(-sims, kind="stable")
+                sims, ids = sims[order], ids[order]
+        return sims, ids
 
     @torch.no_grad()
     def rank(self, query_local: torch.Tensor, query_global: np.ndarray, query_size: tuple[int, int],
              reranker: str | None = None, top_k: int | None = None,
-             exclude_ids: np.ndarray | None = None, retrieved: tuple | None = None) -> QueryResult:
+             exclude_ids: np.ndarray | None = None, retrieved: tuple | None = None,
+             include_ids=None) -> QueryResult:
         """Embedded query -> top-K by global similarity -> re-ranked candidates.
 
         Only the K candidates' grids are read from the map. ``retrieved`` passes a precomputed
-        (similarities, ids) so that several re-rankers can share one retrieval.
+        (similarities, ids) so that several re-rankers can share one retrieval; ``include_ids``
+        adds places retrieval missed (``retrieve``) to the candidates.
         """
         name = reranker or self.default_reranker
         k = top_k or self.top_k
         start = clock(self.device)
-        sims, ids = retrieved if retrieved is not None else self.retrieve(query_global, k, exclude_ids)
+        if retrieved is None:
+            retrieved = self.retrieve(query_global, k, exclude_ids, include_ids)
+            k = max(k, len(retrieved[1]))  # the included places are re-ranked too
+        sims, ids = retrieved
         sims, ids = sims[:k], ids[:k]
         retrieve_ms = (clock(self.device) - start) * 1e3
         if len(ids) == 0:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..image_conversion import MAX_PIXELS
-from ..loop.policy import AUTO, CALIBRATED_MIN_SCORE, LoopPolicy
+from ..loop.policy import AUTO, CALIBRATED_MIN_SCORE, MAX_GUIDED, LoopPolicy
 from ..loop.sequence import SequenceSettings
 from ..map.format import is_map
 from ..method.rerank import DEFAULT_REFINE_ROUNDS, DEFAULT_REGRESSED, MAX_REFINE_ROUNDS, RERANKERS
@@ -46,9 +46,10 @@ PARAMETERS: dict[str, ParamSpec] = {
     "checkpoint": ParamSpec("", "model checkpoint; empty: the shipped default model"),
     "backbone": ParamSpec("", "backbone when no checkpoint is given (efficientnet_lite0 | cct14); empty: the default"),
     "device": ParamSpec("cpu", "cpu, cuda or cuda:N; cuda without a GPU falls back to cpu with a warning"),
-    "runtime": ParamSpec("torch", "torch, or onnxruntime: the exported ONNX files in onnx_dir (CUDA / TensorRT "
-                                  "providers where installed)"),
-    "onnx_dir": ParamSpec("", "with runtime onnxruntime: the folder `export` wrote"),
+    "runtime": ParamSpec("auto", "auto: the checkpoint's export in onnxruntime when `export` wrote one, else PyTorch; "
+                                 "torch; or onnxruntime: the exported files in onnx_dir (CUDA / TensorRT providers "
+                                 "where installed)"),
+    "onnx_dir": ParamSpec("", "with runtime onnxruntime (or auto): the folder `export --out` wrote"),
     "threads": ParamSpec(0, "CPU threads for the network (0: the cores free beside the node, followed while it "
                             "runs, at most 4); OpenCV and FAISS use one", False, (0, 256)),
     "image_topics": ParamSpec(["image"], "camera topics; a name ending in /compressed is a CompressedImage topic"),
@@ -85,6 +86,9 @@ PARAMETERS: dict[str, ParamSpec] = {
     "distinctiveness_neighbourhood": ParamSpec(_POLICY.distinctiveness_neighbourhood, "places on either side of "
                                                "the verified one that are not its rivals", True,
                                                _LIMITS["neighbourhood"]),
+    "sequence_guided": ParamSpec(_POLICY.sequence_guided, "places the strongest sequence lines predict for the "
+                                 "next frame, re-ranked with its candidates when retrieval missed them (0: off)",
+                                 True, (0, MAX_GUIDED)),
     "min_time_gap_sec": ParamSpec(_POLICY.min_time_gap_sec, "ignore map places closer in time than this to the "
                                                             "query", True, (0.0, 1e9)),
     "publish_debug_image": ParamSpec(False, "publish ~/debug_image (query beside match, inliers, outline)", True),
