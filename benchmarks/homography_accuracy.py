@@ -151,11 +151,21 @@ def summarise(errors: list[float]) -> dict:
             "under10": 100.0 * float((arr < 10).mean()) if arr.size else float("nan")}
 
 
-def run_synthetic(est: Estimators, photos, per_photo: int) -> dict:
+def stored(grids: torch.Tensor, codec_name: str) -> torch.Tensor:
+    """Map-side grids as a map of this codec gives them back (the projection fitted on these grids)."""
+    from dhe_vpr_ros.map.codec import GridCodec
+    if codec_name == "float16":
+        return grids.half().float()
+    codec = GridCodec(codec_name).fitted(grids.half().numpy())
+    return torch.from_numpy(codec.decode(codec.encode(grids.half().numpy()), tuple(grids.shape[1:]))).float()
+
+
+def run_synthetic(est: Estimators, photos, per_photo: int, codec_name: str = "float16") -> dict:
     results = {}
     for level in LEVELS:
         pairs = synthetic_pairs(photos, level, per_photo)
         grids = est.grids([im for p in pairs for im in (p.query, p.positive)])
+        grids[1::2] = stored(grids[1::2], codec_name)
         errors = {m: [] for m in METHODS}
         for n, pair in enumerate(pairs):
             estimates = est.estimate_all(grids[2 * n], grids[2 * n + 1], pair.query, pair.positive)
@@ -178,27 +188,41 @@ def graf_pairs() -> list[tuple[str, np.ndarray, np.ndarray, np.ndarray]]:
     return out
 
 
-def run_graf(model, device, lightglue, rounds_list) -> dict:
-    """The published H, as ``query --json`` returns it: a Localizer with a one-place map."""
+def run_graf(model, device, lightglue, rounds_list, codec_name: str = "float16") -> dict:
+    """The published H, as ``query --json`` returns it: a Localizer with a one-place map (saved and
+    opened again, so the grid is what a map of ``codec_name`` stores; its projection fitted on the
+    demo's 14 map photos, as a map fits it on its own places)."""
+    import tempfile
+
+    from dhe_vpr_ros.map.codec import GridCodec
+    from dhe_vpr_ros.map.sources import folder_frames
+    codec = GridCodec(codec_name)
+    if codec.compact:
+        demo = Localizer(model, MapDatabase(model_identity(model)), device, "none")
+        codec = codec.fitted(torch.cat([demo.embed([f.load()])[0] for f in folder_frames(DATA / "database")])
+                             .half().numpy())
     results = {}
     for name, query, map_image, truth in graf_pairs():
-        loc = Localizer(model, MapDatabase(model_identity(model)), device, "dhe", top_k=1)
+        loc = Localizer(model, MapDatabase(model_identity(model), codec=codec), device, "dhe", top_k=1)
         loc.add_images([map_image], [Place(-1, "graf1")])
-        h, w = query.shape[:2]
-        row = {}
-        for method, reranker, rounds in [("dhe", "dhe", 0), ("dhe+refine", "dhe", DEFAULT_REFINE_ROUNDS),
-                                         ("ransac", "ransac", 0), ("magsac", "magsac", 0)]:
-            loc.configure(reranker=reranker, refine_rounds=rounds)
-            best = loc.query(query).best
-            row[method] = corner_px(best.homography, truth, h, w) if best else float("inf")
-        if lightglue is not None:
-            row["lightglue"] = corner_px(lightglue.homography(lightglue.features(query), lightglue.features(map_image)),
-                                         truth, h, w)
-        row["sweep"] = {}
-        for rounds in rounds_list:
-            loc.configure(reranker="dhe", refine_rounds=rounds)
-            row["sweep"][rounds] = corner_px(loc.query(query).best.homography, truth, h, w)
-        results[name] = row
+        with tempfile.TemporaryDirectory() as folder:
+            loc.database.save(Path(folder) / "map")
+            loc.database = MapDatabase.open(Path(folder) / "map")
+            h, w = query.shape[:2]
+            row = {}
+            for method, reranker, rounds in [("dhe", "dhe", 0), ("dhe+refine", "dhe", DEFAULT_REFINE_ROUNDS),
+                                             ("ransac", "ransac", 0), ("magsac", "magsac", 0)]:
+                loc.configure(reranker=reranker, refine_rounds=rounds)
+                best = loc.query(query).best
+                row[method] = corner_px(best.homography, truth, h, w) if best else float("inf")
+            if lightglue is not None:
+                found = lightglue.homography(lightglue.features(query), lightglue.features(map_image))
+                row["lightglue"] = corner_px(found, truth, h, w)
+            row["sweep"] = {}
+            for rounds in rounds_list:
+                loc.configure(reranker="dhe", refine_rounds=rounds)
+                row["sweep"][rounds] = corner_px(loc.query(query).best.homography, truth, h, w)
+            results[name] = row
     return results
 
 
@@ -249,6 +273,8 @@ def main() -> None:
     parser.add_argument("--views-per-photo", type=int, default=4, help="synthetic views per photo and level")
     parser.add_argument("--no-lightglue", action="store_true", help="skip the LightGlue peer even if installed")
     parser.add_argument("--rounds", default="0,1,2,3,4,6,8", help="refinement rounds to sweep")
+    parser.add_argument("--grids", default="float16", choices=("float16", "pca-int4"),
+                        help="how the map side's grids are stored (what build-map --grids writes)")
     args = parser.parse_args()
     torch.set_grad_enabled(False)
     device = torch.device(args.device)
@@ -257,8 +283,8 @@ def main() -> None:
     est = Estimators(model, device, lightglue)
     rounds_list = [int(r) for r in args.rounds.split(",")]
     photos = held_back_photos()
-    synthetic = run_synthetic(est, photos, args.views_per_photo)
-    graf = run_graf(model, device, lightglue, rounds_list)
+    synthetic = run_synthetic(est, photos, args.views_per_photo, args.grids)
+    graf = run_graf(model, device, lightglue, rounds_list, args.grids)
     times = time_k32(est, synthetic)
     sweep = sweep_rounds(est, synthetic, rounds_list)
     report(synthetic, graf, times, sweep, len(photos), args.views_per_photo, lightglue is not None)

@@ -19,6 +19,12 @@ place; ``benchmarks/sequences.py`` makes them from public data) this script:
    frames off) loop closures, precision, recall, and latency; then the recall that thresholding
    the single-frame score (``~/match``'s score) alone reaches at the same precision.
 
+``--online``: loop closure within one run, the case most SLAM users have: the reference run and
+then the query run are published as ONE drive to a node that starts with an empty map and grows
+it with its own keyframes (``add_keyframes``); frame i of the second half revisits frame i of the
+first. A loop closure of a second-half frame to a first-half keyframe within +-2 frames is right;
+any other (in the first half, or to the second half's own keyframes) is wrong.
+
 Situations a robot meets: ``--map-frames A:B`` (the map holds reference frames A..B-1 only:
 frames beyond it must close no loop; frames within 8 of its ends are reported apart),
 ``--step N`` (every Nth query frame), ``--still A:B:N`` (frames A..B-1 published N times each:
@@ -113,7 +119,8 @@ def replay(args, work: Path, queries: list[np.ndarray], plan: list[int]) -> tupl
     from dhe_vpr_ros.ros.demo_client import stop_node
     from dhe_vpr_ros.image_conversion import rgb_to_fields
 
-    params = {"map_path": str(work / "map"), "image_topics": [IMAGE_TOPIC], "image_qos_reliability": "reliable"}
+    params = {"map_path": "" if args.online else str(work / "map"), "image_topics": [IMAGE_TOPIC],
+              "image_qos_reliability": "reliable", **({"add_keyframes": True} if args.online else {})}
     for item in args.set:
         name, value = item.split("=", 1)
         params[name] = json.loads(value)
@@ -146,7 +153,9 @@ def replay(args, work: Path, queries: list[np.ndarray], plan: list[int]) -> tupl
             sent = time.monotonic()
             pub.publish(msg)
             key = round(stamp, 3)
-            end = sent + args.timeout
+            # online, a frame with no keyframe older than the time gap has no candidate and no answer
+            quiet = args.online and n * args.period <= params.get("min_time_gap_sec", 30.0) + args.period
+            end = sent + (args.quiet_wait if quiet else args.timeout)
             while key not in matches and time.monotonic() < end and node.poll() is None:
                 rclpy.spin_once(probe, timeout_sec=0.01)
             if key in matches:
@@ -213,6 +222,59 @@ def score_run(args, plan, answers, loops, a, b) -> dict:
             "single_frame_recall_at_100": summarize(curve).recall_at_100_precision}
 
 
+def score_online(args, first: int, plan: list[int], loops) -> dict:
+    """Loop closures of one drive (``plan`` indexes it: the first ``first`` frames are the first
+    traverse): right when a second-traverse frame closes on a first-traverse keyframe of its place."""
+    counts = {r: {"frames": 0, "loops": 0, "right": 0, "wrong": 0, "far": 0} for r in ("first", "second")}
+    wrong = []
+    for i in plan:
+        counts["first" if i < first else "second"]["frames"] += 1
+    for q_stamp, m_stamp in loops:
+        q = plan[int(round((q_stamp - QUERY_T0) / args.period))]
+        m = plan[int(round((m_stamp - QUERY_T0) / args.period))]
+        c = counts["first" if q < first else "second"]
+        c["loops"] += 1
+        revisit = q >= first and m < first
+        error = abs((q - first) - m) if revisit else abs(q - m)
+        right = revisit and error <= TOLERANCE
+        c["right" if right else "wrong"] += 1
+        c["far"] += int(error > FAR)
+        if not right:
+            wrong.append((q, m))
+    loops_n = sum(c["loops"] for c in counts.values())
+    right = counts["second"]["right"]
+    return {"counts": counts, "wrong": wrong, "precision": right / loops_n if loops_n else 1.0,
+            "recall": right / max(counts["second"]["frames"], 1)}
+
+
+def main_online(args, name: str, reference, queries) -> None:
+    """``--online``: one drive through an empty map that grows with the node's keyframes."""
+    drive = reference + queries
+    plan = publish_plan(len(drive), args.step, args.still)
+    work = Path(tempfile.mkdtemp(prefix="loop_replay-")) if args.keep is None else args.keep
+    work.mkdir(parents=True, exist_ok=True)
+    start = time.monotonic()
+    answers, loops, latencies = replay(args, work, drive, plan)
+    result = score_online(args, len(reference), plan, loops)
+    print(f"\n{name} online: one drive of {len(reference)} + {len(queries)} frames, {len(plan)} published, "
+          f"{len(answers)} answered, {time.monotonic() - start:.0f} s")
+    print(f"{'traverse':<9}{'frames':>8}{'loops':>7}{'right':>7}{'wrong':>7}{'far':>5}")
+    for key, c in result["counts"].items():
+        print(f"{key:<9}{c['frames']:>8}{c['loops']:>7}{c['right']:>7}{c['wrong']:>7}{c['far']:>5}")
+    if result["wrong"]:
+        print("wrong loop closures (drive frame -> keyframe's drive frame): "
+              + ", ".join(f"{q} -> {m}" for q, m in result["wrong"]))
+    far = sum(c["far"] for c in result["counts"].values())
+    loops_n = sum(c["loops"] for c in result["counts"].values())
+    print(f"precision {result['precision']:.3f}, recall {result['recall']:.3f} of the second traverse's frames")
+    key = name.replace("-", "_") + "_online"
+    print(f"{key}_loops={loops_n} {key}_far={far} {key}_precision={result['precision']:.3f} "
+          f"{key}_recall={result['recall']:.3f}")
+    if args.keep is None:
+        import shutil
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--reference", type=Path, required=True)
@@ -230,9 +292,16 @@ def main() -> None:
     parser.add_argument("--spacing", type=float, default=1.0, help="metres between frames (odometry)")
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for each ~/match")
     parser.add_argument("--keep", type=Path, help="keep the bags, map and node log in this new folder")
+    parser.add_argument("--online", action="store_true", help="one drive (reference run, then query run) "
+                        "through an empty map grown with the node's keyframes")
+    parser.add_argument("--quiet-wait", type=float, default=1.0, help="--online: seconds given to a frame that "
+                        "cannot have a candidate yet (no keyframe older than the time gap)")
     args = parser.parse_args()
     name = args.name or args.reference.parent.name
     reference, queries = read_images(args.reference), read_images(args.queries)
+    if args.online:
+        main_online(args, name, reference, queries)
+        return
     a, b = span(args.map_frames, len(reference))
     plan = publish_plan(len(queries), args.step, args.still)
     work = Path(tempfile.mkdtemp(prefix="loop_replay-")) if args.keep is None else args.keep

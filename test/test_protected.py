@@ -103,9 +103,10 @@ def test_a_write_protected_map_is_refused_and_nothing_is_left(frames, small_map,
     assert snapshot(tmp_path) == before  # no .map.tmp-*, no lock file, the map as it was
     for path in [target, *target.iterdir()]:
         path.chmod(path.stat().st_mode | 0o200)
-    (target / "local.f16").chmod(0o444)  # one file protected is enough
+    grids = next(p for p in target.iterdir() if p.name.startswith("local."))
+    grids.chmod(0o444)  # one file protected is enough
     proc = cli("build-map", "--images", frames / "cam", "-o", target, "--append", cwd=tmp_path)
-    assert proc.returncode == 2 and "local.f16 is write-protected" in proc.stderr
+    assert proc.returncode == 2 and f"{grids.name} is write-protected" in proc.stderr
 
 
 def test_a_write_protected_report_or_folder_is_refused(small_map, frames, tmp_path, caplog):
@@ -265,7 +266,7 @@ def test_a_newline_in_a_run_folder_never_leaves_the_comment(frames, tmp_path):
     assert params["sequence_length"] != 99
     assert sorted(params) == sorted(["reranker", "top_k", "min_score", "sequence_length", "sequence_tolerance",
                                      "sequence_max_speed", "sequence_min_agreeing", "min_distinctiveness",
-                                     "distinctiveness_neighbourhood"])
+                                     "distinctiveness_neighbourhood", "sequence_guided"])
     assert "run\\nsequence_length: 99" in out.read_text()
 
 

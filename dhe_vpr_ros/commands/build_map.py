@@ -3,7 +3,9 @@
 """``build-map``: embed images from a folder, a geo-localisation split or a rosbag2 into a map.
 
 Appending keeps existing place ids. The map on disk is replaced atomically at the end, so an
-interrupted build leaves the previous map as it was.
+interrupted build leaves the previous map as it was. ``torchrun --nproc_per_node N -m dhe_vpr_ros
+build-map ...`` (one machine or several; gloo on CPUs, NCCL on GPUs) shares the embedding between
+the ranks; rank 0 writes the same map one process would (``map.sharded``).
 """
 from __future__ import annotations
 
@@ -13,10 +15,16 @@ from typing import Iterable
 
 from ..locks import LockTimeout, writer_lock
 from ..map import MapError
+from ..map.codec import CODECS, COMPACT, DEFAULT_GRIDS, FLOAT16
 from ..map.building import add_frames, check_new_frames, mask_settings, open_for_writing
 from ..map.sources import Frame, bag_frames, folder_frames, geo_split
+from ..map.database import MapDatabase
+from ..map.sharded import add_frames_sharded
 from ..map.static_mask import DEFAULT_THRESHOLD
+from ..method.identity import model_identity
 from ..runtime import open_localizer
+from ..runtime.distributed import local_world_size, setup_distributed
+from ..runtime.threads import available_cpus
 from .arguments import add_model_arguments, count, number
 
 __all__ = ["add_arguments", "run"]
@@ -43,6 +51,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="seconds to wait while another process writes the same map (default 600)")
     parser.add_argument("--index", choices=("flat", "hnsw"), default="flat",
                         help="global index: exact (flat) or approximate HNSW for very large maps")
+    parser.add_argument("--grids", choices=CODECS, default=DEFAULT_GRIDS,
+                        help=f"how a new map stores its local grids: {COMPACT} (default; 4.6x smaller, format 2) or "
+                             f"{FLOAT16} (as embedded, format 1, what older versions read); a map appended to keeps "
+                             "its own")
     parser.add_argument("--static-threshold", type=number(0.0, 1.0, above=True), default=None,
                         help=f"grid cells whose descriptors are this constant over the map's places (norm of their "
                              f"mean, 0..1] are static and never vote (a lens ring, a hood, a timestamp); 1: learn "
@@ -68,25 +80,47 @@ def frames_from_args(args: argparse.Namespace) -> tuple[Iterable[Frame], int | N
 
 def run(args: argparse.Namespace) -> int:
     """One writer per map across processes: the lock is held from reading the map (--append)
-    to swapping in the new version, so two appends both land (the second waits)."""
-    frames, total = frames_from_args(args)
+    to swapping in the new version, so two appends both land (the second waits). Under torchrun
+    every rank embeds its share of the frames and rank 0 alone writes (``map.sharded``)."""
+    group = setup_distributed(args.device)
+    if group.enabled and not args.threads:  # the ranks on this machine share its cores
+        args.threads = max(1, available_cpus() // local_world_size())
     try:
-        with writer_lock(args.output, args.lock_timeout):
-            return _build(args, frames, total)
-    except LockTimeout as exc:
-        raise MapError(str(exc)) from None
+        frames, total = frames_from_args(args)
+        if group.rank != 0:
+            return _embed_share(args, frames, total, group)
+        try:
+            with writer_lock(args.output, args.lock_timeout):
+                return _build(args, frames, total, group)
+        except LockTimeout as exc:
+            raise MapError(str(exc)) from None
+    finally:
+        group.close()
 
 
-def _build(args: argparse.Namespace, frames, total) -> int:
-    localizer = open_localizer(args.checkpoint, args.backbone, args.device, threads=args.threads,
-                               runtime=args.runtime, onnx=args.onnx, reranker="none",
-                               new_map=lambda m, info: open_for_writing(args.output, m, info, args.append,
-                                                                        args.overwrite, args.index))
+def _localizer(args: argparse.Namespace, new_map):
+    return open_localizer(args.checkpoint, args.backbone, args.device, threads=args.threads, runtime=args.runtime,
+                          onnx=args.onnx, reranker="none", new_map=new_map)
+
+
+def _embed_share(args: argparse.Namespace, frames, total, group) -> int:
+    """A rank other than 0: embed its frames for rank 0's map (it writes nothing itself)."""
+    localizer = _localizer(args, lambda model, info: MapDatabase(model_identity(model)))
+    add_frames_sharded(localizer, frames, group.gather, group.rank, group.world, args.batch_size, total)
+    return 0
+
+
+def _build(args: argparse.Namespace, frames, total, group) -> int:
+    localizer = _localizer(args, lambda m, info: open_for_writing(args.output, m, info, args.append, args.overwrite,
+                                                                  args.index, args.grids))
     database = localizer.database
     # a bad mask fails here, before hours of work
     database.set_mask_settings(mask_settings(database, args.mask, args.roi, args.static_threshold))
     before = len(database)
-    ids = add_frames(localizer, frames, args.batch_size, total)
+    if group.enabled:
+        ids = add_frames_sharded(localizer, frames, group.gather, 0, group.world, args.batch_size, total)
+    else:
+        ids = add_frames(localizer, frames, args.batch_size, total)
     if not ids:
         raise ValueError("no usable images were found; nothing written")
     if args.mask:  # now the frames' size is known: the mask must have their shape

@@ -9,6 +9,8 @@ import logging
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from .arguments import count
 
 __all__ = ["add_convert_checkpoint", "add_export", "add_model_info", "run_convert_checkpoint", "run_export",
@@ -51,7 +53,8 @@ def run_map_info(path: str, threads: str) -> int:
     stamps = [p.timestamp_ns for p in database.places if p.timestamp_ns is not None]
     rows = [("map", path), ("places", str(len(database))), ("backbone", database.identity.backbone),
             ("local grid", "x".join(str(v) for v in database.identity.local_shape)),
-            ("index", database.index_type), ("built with", str(database.build_info.get("checkpoint"))),
+            ("index", database.index_type), ("grids", _grid_summary(database)),
+            ("built with", str(database.build_info.get("checkpoint"))),
             ("with poses", str(sum(p.pose is not None for p in database.places))),
             ("stamps", f"{min(stamps) / 1e9:.3f} .. {max(stamps) / 1e9:.3f} s" if stamps else "none"),
             ("mask", database.mask.summary()), ("static threshold", f"{database.mask_settings.threshold:g}"),
@@ -59,6 +62,14 @@ def run_map_info(path: str, threads: str) -> int:
     width = max(len(k) for k, _ in rows)
     sys.stdout.write("".join(f"{k:<{width}}  {v}\n" for k, v in rows))
     return 0
+
+
+def _grid_summary(database) -> str:
+    codec, shape = database.codec, database.identity.local_shape
+    size = codec.row_bytes(shape)
+    kind = f"{codec.name}, {codec.dims} directions" if codec.compact else codec.name
+    return f"{kind}: {size / 1000:.1f} KB a place ({2 * int(np.prod(shape)) / size:.1f}x smaller than float16)" \
+        if codec.compact else f"{kind}: {size / 1000:.1f} KB a place"
 
 
 def run_model_info(args: argparse.Namespace) -> int:

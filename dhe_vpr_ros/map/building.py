@@ -13,6 +13,7 @@ from tqdm import tqdm
 from ..image_conversion import ImageConversionError
 from ..method.identity import model_identity
 from ..method.localizer import Localizer
+from .codec import DEFAULT_GRIDS, GridCodec
 from .database import MapDatabase
 from .format import MapError, check_replaceable
 from .storage import check_writable
@@ -60,9 +61,10 @@ def add_frames(localizer: Localizer, frames: Iterable[Frame], batch_size: int = 
 
 
 def open_for_writing(path: str | Path, model, build_info: dict, append: bool = False,
-                     overwrite: bool = False, index_type: str = "flat") -> MapDatabase:
-    """An existing map to append to (checked against the model) or a new empty one; MapError
-    for a target that is not a map, or that cannot be written."""
+                     overwrite: bool = False, index_type: str = "flat", grids: str = DEFAULT_GRIDS) -> MapDatabase:
+    """An existing map to append to (checked against the model; it keeps its own grid codec) or
+    a new empty one storing its grids as ``grids``; MapError for a target that is not a map, or
+    that cannot be written."""
     path = Path(path)
     exists = (path / "manifest.json").exists()
     if exists and append:
@@ -71,7 +73,7 @@ def open_for_writing(path: str | Path, model, build_info: dict, append: bool = F
         raise MapError(f"a map already exists at {path}; pass --append to add to it or "
                        "--overwrite to replace it")
     else:
-        database = MapDatabase(model_identity(model), index_type, build_info=dict(build_info))
+        database = MapDatabase(model_identity(model), index_type, build_info=dict(build_info), codec=GridCodec(grids))
     target = path.resolve()
     check_replaceable(target)  # before hours of embedding, not at the save
     check_writable(target)

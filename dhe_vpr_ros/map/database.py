@@ -24,9 +24,10 @@ import numpy as np
 from ..atomic import fsync_directory, umask_mode
 from ..locks import LockTimeout, release_writer_lock, try_writer_lock, writer_lock
 from ..method.identity import ModelIdentity
-from .format import (ALL_MAP_FILES, CELL_SUMS, FORMAT, GLOBAL_INDEX, LOCAL_GRIDS, MANIFEST, MASK_PICTURE, PLACES,
-                     VERSION, MapError, check_grid_file, check_replaceable, mask_record, model_mismatch, read_cells,
-                     read_index, read_manifest, read_places)
+from .codec import GridCodec
+from .format import (ALL_MAP_FILES, CELL_SUMS, FORMAT, GLOBAL_INDEX, MANIFEST, MASK_PICTURE, PLACES, PROJECTION,
+                     MapError, check_grid_file, check_replaceable, grid_file_name, mask_record, model_mismatch,
+                     read_cells, read_index, read_manifest, read_places, read_projection)
 from .grids import GridFile, SpillFile
 from .records import Place, check_place
 from .static_mask import CellMask, CellStatistics, MaskSettings, mask_picture
@@ -62,6 +63,7 @@ class MapDatabase:
     preview: np.ndarray | None = None  # one frame of the map, for static_mask.png
     _mask: CellMask | None = None
     _known: dict = field(default_factory=dict)  # map path -> revision this object read or wrote
+    codec: GridCodec = field(default_factory=GridCodec)  # how grids are stored (compact: format 2)
 
     def __post_init__(self):
         if self._index is None:
@@ -179,8 +181,6 @@ class MapDatabase:
         return out
 
     # -- persistence ----------------------------------------------------------------------
-
-    # -- persistence ----------------------------------------------------------------------
     def save(self, path: str | os.PathLike, replace: bool = False, lock_timeout: float = 60.0) -> None:
         """Write the whole map to ``path`` atomically (a crash leaves the previous map intact).
 
@@ -207,7 +207,8 @@ class MapDatabase:
                            + (f" ({exc.filename})" if exc.filename and str(target) not in str(exc.filename) else ""))
         self._known[str(target)] = revision
         # from now on this object reads the saved files, and spilled rows are released
-        self._local = GridFile(target / LOCAL_GRIDS, len(self), self.identity.local_shape) if len(self) else None
+        self._local = GridFile(target / grid_file_name(self.codec), len(self), self.identity.local_shape,
+                               self.codec) if len(self) else None
         if self._spill is not None:
             self._spill.close()
             self._spill = None
@@ -215,29 +216,47 @@ class MapDatabase:
     def _write_files(self, tmp: Path, revision: str) -> None:
         with open(tmp / GLOBAL_INDEX, "wb") as handle:  # Python's I/O: a full disk is an OSError, named
             handle.write(faiss.serialize_index(self._index).tobytes())
-        # a new map: the spilled grids already are the file; otherwise copy old + new rows
-        if self._local is None and self._spill is not None and self._spill.link_to(tmp / LOCAL_GRIDS):
-            os.chmod(tmp / LOCAL_GRIDS, umask_mode())
+        # a new float16 map: the spilled grids already are the file; otherwise copy old + new rows
+        grids = tmp / grid_file_name(self.codec)
+        if not self.codec.compact and self._local is None and self._spill is not None and self._spill.link_to(grids):
+            os.chmod(grids, umask_mode())
         else:
-            self._write_local(tmp / LOCAL_GRIDS)
+            self._write_local(grids)
         with open(tmp / PLACES, "w", encoding="utf-8") as handle:
             for place in self.places:
                 handle.write(json.dumps(place.to_dict()) + "\n")
         self.cells.sums.astype("<f8").tofile(tmp / CELL_SUMS)
-        manifest = {"format": FORMAT, "version": VERSION, "model": self.identity.to_dict(),
+        manifest = {"format": FORMAT, "version": 2 if self.codec.compact else 1, "model": self.identity.to_dict(),
                     "num_places": len(self), "index": self.index_type, "build": self.build_info, "revision": revision,
-                    "mask": mask_record(self.mask_settings, self.mask)}
+                    "mask": mask_record(self.mask_settings, self.mask),
+                    **({"grids": self.codec.to_dict()} if self.codec.compact else {})}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
         picture = mask_picture(self.preview, self.mask)
         cv2.imwrite(str(tmp / MASK_PICTURE), cv2.cvtColor(picture, cv2.COLOR_RGB2BGR))
         for name in ALL_MAP_FILES:
-            fsync_file(tmp / name)
+            if (tmp / name).exists():
+                fsync_file(tmp / name)
         fsync_directory(tmp)
 
     def _write_local(self, path: Path) -> None:
+        """The grids in this map's codec: stored rows of the same codec as they are (no second
+        rounding), the others encoded; a compact map fits its projection on its places first."""
+        if self.codec.compact and self.codec.projection is None:
+            sample = np.linspace(0, len(self) - 1, min(len(self), 2048)).round().astype(np.int64)
+            self.codec = self.codec.fitted(self.local_features(np.unique(sample)))
+        if self.codec.compact:
+            self.codec.projection.astype("<f4").tofile(path.parent / PROJECTION)
+        same = self._local is not None and self._local.codec.same_as(self.codec)
+        stored = self._local.count if same else 0
         with open(path, "wb") as out:
             for start in range(0, len(self), 256):
-                out.write(self.local_features(np.arange(start, min(start + 256, len(self)))).tobytes())
+                ids = np.arange(start, min(start + 256, len(self)))
+                old = ids[ids < stored]
+                if old.size:
+                    out.write(self._local.raw(old).tobytes())
+                new = ids[ids >= stored]
+                if new.size:
+                    out.write(self.codec.encode(self.local_features(new)).tobytes())
 
     @classmethod
     def open(cls, path: str | os.PathLike, expect: ModelIdentity | None = None) -> "MapDatabase":  # noqa: A003
@@ -268,11 +287,12 @@ class MapDatabase:
         if expect is not None and identity != expect:
             raise MapError(model_mismatch(path, identity, expect, manifest["build"]))
         index = read_index(path, num, identity.global_dim, root)
-        local_file = check_grid_file(path, root, num, identity.local_shape)
+        codec = read_projection(path, root, manifest["codec"], identity.local_shape)
+        local_file = check_grid_file(path, root, num, identity.local_shape, codec)
         places = read_places(path, num, root)
         cells = read_cells(path, identity.local_shape, num, root)
-        local = GridFile(local_file, num, identity.local_shape) if num else None
+        local = GridFile(local_file, num, identity.local_shape, codec) if num else None
         database = cls(identity, manifest["index"], places, manifest["build"], index, local,
-                       mask_settings=manifest["mask"], _cells=cells)
+                       mask_settings=manifest["mask"], _cells=cells, codec=codec)
         database._known[str(path.resolve())] = manifest["revision"]
         return database

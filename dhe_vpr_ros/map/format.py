@@ -30,20 +30,23 @@ import numpy as np
 
 from ..json_fields import field, numbers
 from ..method.identity import ModelIdentity
+from .codec import COMPACT, FLOAT16, GridCodec
 from .records import Place
 from .static_mask import CellMask, CellStatistics, MaskError, MaskSettings
 
-__all__ = ["ALL_MAP_FILES", "CELL_SUMS", "FORMAT", "GLOBAL_INDEX", "INDEX_TYPES", "LOCAL_GRIDS", "MANIFEST",
+__all__ = ["ALL_MAP_FILES", "CELL_SUMS", "COMPACT_GRIDS", "FORMAT", "GLOBAL_INDEX", "INDEX_TYPES", "LOCAL_GRIDS",
+           "MANIFEST", "PROJECTION", "codec_from", "grid_file_name", "read_projection",
            "MAP_FILES", "MASK_PICTURE", "PLACES", "VERSION", "MapError", "check_grid_file", "check_replaceable",
            "is_map", "map_manifest", "mask_record", "mask_settings_from", "model_mismatch", "read_cells", "read_index",
            "read_manifest", "read_places", "revision_of"]
 
 FORMAT = "dhe_vpr_ros.map"
-VERSION = 1
+VERSION = 2  # 1: float16 grids (local.f16); 2: compact grids (local.pq4 + projection.f32, ``codec``)
 MANIFEST, GLOBAL_INDEX, LOCAL_GRIDS, PLACES = "manifest.json", "global.faiss", "local.f16", "places.jsonl"
+COMPACT_GRIDS, PROJECTION = "local.pq4", "projection.f32"
 CELL_SUMS, MASK_PICTURE = "cells.f64", "static_mask.png"
-MAP_FILES = (GLOBAL_INDEX, LOCAL_GRIDS, PLACES, MANIFEST)  # required; the two above are optional
-ALL_MAP_FILES = (*MAP_FILES, CELL_SUMS, MASK_PICTURE)
+MAP_FILES = (GLOBAL_INDEX, LOCAL_GRIDS, PLACES, MANIFEST)  # required (format 1); the two below are optional
+ALL_MAP_FILES = (*MAP_FILES, CELL_SUMS, MASK_PICTURE, COMPACT_GRIDS, PROJECTION)
 INDEX_TYPES = ("flat", "hnsw")
 
 
@@ -94,10 +97,44 @@ def read_manifest(path: Path, root: Path | None = None) -> dict:
         build = field(manifest, "build", dict, optional=True) or {}
         mask = mask_settings_from(field(manifest, "mask", dict, optional=True), identity.local_shape[1:])
         revision = field(manifest, "revision", str, optional=True) or ""
+        codec = codec_from(field(manifest, "grids", dict, optional=True), version, identity.local_shape[0])
     except ValueError as exc:
         raise MapError(f"map manifest {path / MANIFEST}: {exc}") from None
     return {"identity": identity, "num_places": num, "index": index, "build": build, "mask": mask,
-            "revision": revision}
+            "revision": revision, "codec": codec}
+
+
+def codec_from(record: dict | None, version: int, channels: int) -> GridCodec:
+    """The grid codec a manifest names (format 1: float16), its projection not read yet."""
+    if record is None:
+        if version > 1:
+            raise ValueError("field 'grids' is missing (a format 2 map names its grid codec)")
+        return GridCodec(FLOAT16)
+    name = field(record, "codec", str)
+    if name == FLOAT16:
+        return GridCodec(FLOAT16)
+    if name != COMPACT:
+        raise ValueError(f"field 'grids' names codec {name!r}, not {FLOAT16} or {COMPACT}")
+    dims = field(record, "dims", int)
+    if not 0 < dims <= channels:
+        raise ValueError(f"field 'grids' has dims {dims}, not 1 to {channels}")
+    return GridCodec(COMPACT, dims)
+
+
+def read_projection(path: Path, root: Path, codec: GridCodec, local_shape: tuple[int, int, int]) -> GridCodec:
+    """The codec with its projection read (and checked) from the map, for compact grids."""
+    if not codec.compact:
+        return codec
+    file = root / PROJECTION
+    expected = codec.dims * local_shape[0] * 4
+    actual = file.stat().st_size if file.is_file() else -1
+    if actual != expected:
+        raise MapError(f"map {path}: {PROJECTION} has {max(actual, 0)} bytes, expected {expected} "
+                       "(truncated or missing file)")
+    projection = np.fromfile(file, dtype="<f4").reshape(codec.dims, local_shape[0])
+    if not np.isfinite(projection).all():
+        raise MapError(f"map {path}: {PROJECTION} holds values that are not finite; rebuild the map")
+    return GridCodec(codec.name, codec.dims, projection.astype(np.float32))
 
 
 def mask_record(settings: MaskSettings, mask: CellMask) -> dict:
@@ -174,13 +211,19 @@ def read_index(path: Path, num: int, dim: int, root: Path | None = None):
     return index
 
 
-def check_grid_file(path: Path, root: Path, num: int, local_shape: tuple[int, int, int]) -> Path:
-    """The grid file, checked to hold exactly ``num`` rows of ``local_shape`` float16 values."""
-    expected_bytes = num * int(np.prod(local_shape)) * 2
-    local_file = root / LOCAL_GRIDS
+def grid_file_name(codec: GridCodec) -> str:
+    return COMPACT_GRIDS if codec.compact else LOCAL_GRIDS
+
+
+def check_grid_file(path: Path, root: Path, num: int, local_shape: tuple[int, int, int],
+                    codec: GridCodec = GridCodec()) -> Path:
+    """The grid file, checked to hold exactly ``num`` rows of ``codec``'s size."""
+    name = grid_file_name(codec)
+    expected_bytes = num * codec.row_bytes(local_shape)
+    local_file = root / name
     actual = local_file.stat().st_size if local_file.is_file() else -1
     if actual != expected_bytes:
-        raise MapError(f"map {path}: {LOCAL_GRIDS} has {max(actual, 0)} bytes, expected "
+        raise MapError(f"map {path}: {name} has {max(actual, 0)} bytes, expected "
                        f"{expected_bytes} for {num} places (truncated or missing file)")
     return local_file
 

@@ -13,39 +13,48 @@ from pathlib import Path
 import numpy as np
 
 from ..atomic import link_unnamed, locked_tempfile, remove_stale, unnamed_tempfile
+from .codec import GridCodec
 from .format import MapError
 
-__all__ = ["GridFile", "SpillFile", "read_rows"]
+__all__ = ["GridFile", "SpillFile", "read_raw", "read_rows"]
 
 log = logging.getLogger(__name__)
 
 
-def read_rows(fd: int, index: np.ndarray, row_shape: tuple[int, int, int]) -> np.ndarray:
-    """Rows ``index`` of a raw float16 (N, *row_shape) file, one pread each.
+def read_raw(fd: int, index: np.ndarray, row_bytes: int) -> np.ndarray:
+    """Rows ``index`` of a file of ``row_bytes``-byte rows, one pread each: (K, row_bytes) uint8.
 
     pread rather than a memory map: reading K rows then costs K rows of I/O and no more,
     whereas mapped pages are counted in the process's resident memory (the kernel maps file
     pages in 2 MB folios) and a long-running node would appear to grow without bound.
     """
-    row_bytes = int(np.prod(row_shape)) * 2
-    out = np.empty((len(index), *row_shape), dtype=np.float16)
-    view = out.reshape(len(index), -1).view(np.uint8)
+    out = np.empty((len(index), row_bytes), dtype=np.uint8)
     for j, row in enumerate(np.asarray(index, dtype=np.int64)):
-        got = os.preadv(fd, [view[j]], int(row) * row_bytes)
+        got = os.preadv(fd, [out[j]], int(row) * row_bytes)
         if got != row_bytes:
             raise MapError(f"short read of map row {row} ({got} of {row_bytes} bytes): file truncated?")
     return out
 
 
-class GridFile:
-    """Read-only access to the stored local grids (local.f16)."""
+def read_rows(fd: int, index: np.ndarray, row_shape: tuple[int, int, int]) -> np.ndarray:
+    """Rows ``index`` of a raw float16 (N, *row_shape) file."""
+    return read_raw(fd, index, int(np.prod(row_shape)) * 2).view(np.float16).reshape(len(index), *row_shape)
 
-    def __init__(self, path: Path, count: int, row_shape: tuple[int, int, int]):
-        self.path, self.count, self.row_shape = Path(path), count, row_shape
+
+class GridFile:
+    """Read-only access to the stored local grids (local.f16, or compact local.pq4 decoded by ``codec``)."""
+
+    def __init__(self, path: Path, count: int, row_shape: tuple[int, int, int], codec: GridCodec = GridCodec()):
+        self.path, self.count, self.row_shape, self.codec = Path(path), count, row_shape, codec
         self.fd = os.open(path, os.O_RDONLY)
 
+    def raw(self, index: np.ndarray) -> np.ndarray:
+        """The stored bytes of rows ``index`` (K, row_bytes), as the codec wrote them."""
+        return read_raw(self.fd, index, self.codec.row_bytes(self.row_shape))
+
     def rows(self, index: np.ndarray) -> np.ndarray:
-        return read_rows(self.fd, index, self.row_shape)
+        """float16 (K, C, H, W) grids of rows ``index``."""
+        return self.codec.decode(self.raw(index), self.row_shape)
 
     def __del__(self):
         with contextlib.suppress(Exception):

@@ -32,9 +32,9 @@ from tqdm import tqdm
 
 from ..method.localizer import normalise
 from ..method.models import BACKBONES, VPRModel, build_model, load_checkpoint, save_checkpoint
+from ..runtime.distributed import setup_distributed
 from .config import UNFREEZE_FROM, TrainConfig
 from .data import make_datasets
-from .distributed import setup_distributed
 from .mining import NegativeMiner, train_mode
 from .pairs import WarpedPairs, negatives_pool
 from .run_log import RunState, Stop, fmt, meta, tensorboard_writer, write_config, write_history
@@ -85,7 +85,7 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig, resume: bool):
         self.cfg = cfg
-        self.dist = setup_distributed(cfg)
+        self.dist = setup_distributed(cfg.device)
         self.out = Path(cfg.out)
         self.state_path = self.out / "last.pt"
         if resume and not self.state_path.is_file():
