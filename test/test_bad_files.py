@@ -91,7 +91,7 @@ MAP_CASES = [  # (case, damage, file named, words the message must hold)
     ("num_places abc", _manifest(_set("num_places", "abc")), "manifest.json", "'num_places'"),
     ("num_places negative", _manifest(_set("num_places", -1)), "manifest.json", "'num_places'"),
     ("version string", _manifest(_set("version", "1")), "manifest.json", "'version'"),
-    ("index unknown", _manifest(_set("index", "ivf")), "manifest.json", "'index'"),
+    ("index unknown", _manifest(_set("index", "lsh")), "manifest.json", "'index'"),
     ("build a list", _manifest(_set("build", [])), "manifest.json", "'build'"),
     ("place line a list", _place_line(lambda d: [1, 2]), "places.jsonl", "line 1"),
     ("place not JSON", lambda p: (p / "places.jsonl").write_text("{\n" * 6), "places.jsonl", "not JSON"),

@@ -131,3 +131,22 @@ def test_build_map_writes_compact_maps_that_answer_like_float16_ones(tmp_path, c
         assert main(["build-map", "--images", str(DATA / "queries"), "-o", str(tmp_path / "float16"),
                      "--append"]) == 0
     assert (tmp_path / "float16" / "local.f16").is_file() and not (tmp_path / "float16" / "local.pq4").exists()
+
+
+def test_a_large_compact_build_waits_compact_on_disk(tmp_path):
+    """Past its first 256 places a compact map fits its projection and spills compact rows (a
+    million places wait in 28 GB, not 129); what it saves is what it served while building."""
+    import os
+
+    from dhe_vpr_ros.map.database import FIT_PLACES
+    db = MapDatabase(IDENTITY, codec=GridCodec(COMPACT, 8), spill_dir=str(tmp_path))
+    db.add(*random_places(FIT_PLACES - 1, 6))
+    assert not db._spill.codec.compact and db.codec.projection is None  # float16 until there are enough
+    db.add(*random_places(60, 7))
+    assert db._spill.codec.compact and db.codec.projection is not None
+    row = db.codec.row_bytes(IDENTITY.local_shape)
+    assert os.fstat(db._spill.handle.fileno()).st_size == (FIT_PLACES + 59) * row
+    served = db.local_features(np.arange(len(db)))
+    db.save(tmp_path / "map")
+    assert (tmp_path / "map" / "local.pq4").stat().st_size == len(db) * row
+    assert np.array_equal(MapDatabase.open(tmp_path / "map").local_features(np.arange(len(db))), served)

@@ -37,7 +37,7 @@ def _build(path, n=20, seed=0, index_type="flat"):
     return g, loc
 
 
-@pytest.mark.parametrize("index_type", ["flat", "hnsw"])
+@pytest.mark.parametrize("index_type", ["flat", "hnsw", "ivf"])
 def test_build_reopen_search_and_read_candidates(tmp_path, index_type):
     g, loc = _build(tmp_path / "map", index_type=index_type)
     db = MapDatabase.open(tmp_path / "map", expect=IDENTITY)
@@ -199,3 +199,35 @@ def test_save_refuses_what_is_not_a_map_and_deletes_nothing(tmp_path):
     assert (user_dir / "a.jpg").read_bytes() == b"mine" and user_file.read_text() == "mine"
     assert (tmp_path / "map" / "README").is_file() and len(MapDatabase.open(tmp_path / "map")) == 20
     assert sorted(p.name for p in tmp_path.iterdir()) == ["map", "notes.txt", "photos"]
+
+
+def test_an_ivf_map_is_clustered_when_written_and_keeps_answering(tmp_path):
+    """ivf: searched exactly while built, written as inverted lists fitted on its own descriptors;
+    reopened it finds what exact search finds (clustered data), skips excluded ids, reads stored
+    descriptors back, and places appended later are found."""
+    import faiss
+    rng = np.random.default_rng(3)
+    centres = rng.standard_normal((40, 16)).astype(np.float32)
+    g = (centres[rng.integers(0, 40, 4000)] + 0.3 * rng.standard_normal((4000, 16))).astype(np.float32)
+    loc = rng.standard_normal((4000, 8, 4, 4)).astype(np.float16)
+    db = MapDatabase(IDENTITY, "ivf")
+    db.add(g, loc)
+    assert isinstance(db._index, faiss.IndexFlat)  # exact while in memory
+    db.save(tmp_path / "map")
+    again = MapDatabase.open(tmp_path / "map", expect=IDENTITY)
+    assert isinstance(again._index, faiss.IndexIVF) and again._index.nlist > 1
+    exact = faiss.IndexFlatIP(16)
+    exact.add(g / np.linalg.norm(g, axis=1, keepdims=True))
+    queries = g[:200] + 0.1 * rng.standard_normal((200, 16)).astype(np.float32)
+    _, truth = exact.search(queries / np.linalg.norm(queries, axis=1, keepdims=True), 8)
+    _, found = again.search(queries, 8)
+    recall = np.mean([len(set(a) & set(b)) / 8 for a, b in zip(truth, found)])
+    assert recall >= 0.95
+    first = int(found[0, 0])
+    assert first not in again.search(queries[:1], 8, exclude_ids=np.array([first]))[1][0]
+    sims, ids = again.search(queries[:1], 1)
+    assert np.allclose(again.similarities(queries[0], ids[0]), sims[0], atol=1e-4)
+    assert again.add(centres[:3].copy(), loc[:3]) == [4000, 4001, 4002]
+    assert again.search(centres[1:2], 1)[1][0, 0] == 4001
+    again.save(tmp_path / "map")
+    assert len(MapDatabase.open(tmp_path / "map")) == 4003

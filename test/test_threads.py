@@ -114,3 +114,22 @@ def test_the_count_is_applied_to_the_thread_that_runs_the_work():
         pytest.skip("torch here has no libgomp")
     cores = str(len(os.sched_getaffinity(0)))
     assert out == ["1", cores, "1"]  # main thread 1; a new thread the default (every core); governed 1
+
+
+def test_numpys_blas_follows_the_count():
+    """NumPy's OpenBLAS is process-wide and starts with every core: the settings and the governor
+    set it to the count they chose (a fresh process, so nothing here is changed)."""
+    code = ("import numpy\n"
+            "from threadpoolctl import threadpool_info\n"
+            "from dhe_vpr_ros.runtime.threads import ThreadGovernor, configure_threads\n"
+            "def blas(): return sorted({i['num_threads'] for i in threadpool_info() if i['user_api'] == 'blas'})\n"
+            "before = blas()\n"
+            "settings = configure_threads(1)\n"
+            "after = blas()\n"
+            "ThreadGovernor(requested=2).adjust()\n"
+            "print(before, after, settings.blas, blas())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={
+        **os.environ, "OPENBLAS_NUM_THREADS": "", "OMP_NUM_THREADS": ""})
+    assert out.returncode == 0, out.stderr
+    cores = len(os.sched_getaffinity(0))
+    assert out.stdout.strip() == f"[{cores}] [1] 1 [2]", out.stdout

@@ -16,6 +16,7 @@ from typing import Iterable
 from ..locks import LockTimeout, writer_lock
 from ..map import MapError
 from ..map.codec import CODECS, COMPACT, DEFAULT_GRIDS, FLOAT16
+from ..map.index import INDEX_TYPES
 from ..map.building import add_frames, check_new_frames, mask_settings, open_for_writing
 from ..map.sources import Frame, bag_frames, folder_frames, geo_split
 from ..map.database import MapDatabase
@@ -49,8 +50,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace an existing map")
     parser.add_argument("--lock-timeout", type=number(0.0, 1e6), default=600.0,
                         help="seconds to wait while another process writes the same map (default 600)")
-    parser.add_argument("--index", choices=("flat", "hnsw"), default="flat",
-                        help="global index: exact (flat) or approximate HNSW for very large maps")
+    parser.add_argument("--index", choices=INDEX_TYPES, default="flat",
+                        help="global index: exact (flat); approximate for very large maps: ivf (inverted lists, "
+                             "measured at a million places in doc/maps.md) or hnsw")
     parser.add_argument("--grids", choices=CODECS, default=DEFAULT_GRIDS,
                         help=f"how a new map stores its local grids: {COMPACT} (default; 4.6x smaller, format 2) or "
                              f"{FLOAT16} (as embedded, format 1, what older versions read); a map appended to keeps "

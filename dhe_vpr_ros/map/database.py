@@ -29,6 +29,7 @@ from .format import (ALL_MAP_FILES, CELL_SUMS, FORMAT, GLOBAL_INDEX, MANIFEST, M
                      MapError, check_grid_file, check_replaceable, grid_file_name, mask_record, model_mismatch,
                      read_cells, read_index, read_manifest, read_places, read_projection)
 from .grids import GridFile, SpillFile
+from .index import make_index, search, stored_vectors, trained
 from .records import Place, check_place
 from .static_mask import CellMask, CellStatistics, MaskSettings, mask_picture
 from .storage import check_unchanged, check_writable, clean_leftovers, fsync_file, reading, swap_in
@@ -37,13 +38,7 @@ __all__ = ["MapDatabase"]
 
 log = logging.getLogger(__name__)
 
-
-def _make_index(dim: int, index_type: str):
-    if index_type == "flat":
-        return faiss.IndexFlatIP(dim)
-    if index_type == "hnsw":
-        return faiss.IndexHNSWFlat(dim, 32, faiss.METRIC_INNER_PRODUCT)
-    raise ValueError(f"unknown index type {index_type!r}; choose 'flat' (exact) or 'hnsw' (approximate)")
+FIT_PLACES = 256  # a compact map fits its projection on its first places (147k cell descriptors)
 
 
 @dataclass
@@ -67,7 +62,7 @@ class MapDatabase:
 
     def __post_init__(self):
         if self._index is None:
-            self._index = _make_index(self.identity.global_dim, self.index_type)
+            self._index = make_index(self.identity.global_dim, self.index_type)
         if self._cells is None and not self.places:
             self._cells = CellStatistics.empty(self.identity.local_shape)
 
@@ -124,12 +119,14 @@ class MapDatabase:
                 raise MapError(f"refusing to add the place from {place.source or pid}: {exc}; nothing was added") \
                     from None
         self._index.add(g)
-        if self._spill is None:
-            self._spill = SpillFile(self.identity.local_shape, self.spill_dir)
+        if self._spill is None:  # a compact map without its projection yet spills float16 until it has one
+            ready = not self.codec.compact or self.codec.projection is not None
+            self._spill = SpillFile(self.identity.local_shape, self.spill_dir, self.codec if ready else GridCodec())
         self._spill.append(loc)
         self.cells.add(loc)
         self._mask = None
         self.places.extend(places)
+        self._fit_codec(FIT_PLACES)
         return ids
 
     def search(self, queries: np.ndarray, k: int,
@@ -144,13 +141,17 @@ class MapDatabase:
         k = min(k, len(self))
         if k == 0:
             return np.zeros((q.shape[0], 0), np.float32), np.zeros((q.shape[0], 0), np.int64)
-        if exclude_ids is None or len(exclude_ids) == 0:
-            return self._index.search(q, k)
-        excluded = np.ascontiguousarray(exclude_ids, dtype=np.int64)
-        selector = faiss.IDSelectorNot(faiss.IDSelectorBatch(len(excluded), faiss.swig_ptr(excluded)))
-        params = (faiss.SearchParametersHNSW(sel=selector) if self.index_type == "hnsw"
-                  else faiss.SearchParameters(sel=selector))
-        return self._index.search(q, k, params=params)
+        return search(self._index, q, k, exclude_ids)
+
+    def _fit_codec(self, enough: int) -> None:
+        """A compact map fits its projection once ``enough`` places are in (on them), and from then
+        on spills its grids compact; before that they wait as float16."""
+        if not self.codec.compact or self.codec.projection is not None or len(self) < enough:
+            return
+        sample = np.linspace(0, len(self) - 1, min(len(self), 2048)).round().astype(np.int64)
+        self.codec = self.codec.fitted(self.local_features(np.unique(sample)))
+        if self._spill is not None:
+            self._spill = self._spill.recoded(self.codec)
 
     def similarities(self, query: np.ndarray, ids) -> np.ndarray:
         """(len(ids),) inner products of the L2-normalised ``query`` with the given places' stored
@@ -160,8 +161,7 @@ class MapDatabase:
         ids = np.asarray(ids, dtype=np.int64)
         if not ids.size:
             return np.zeros(0, np.float32)
-        stored = np.stack([self._index.reconstruct(int(i)) for i in ids])
-        return (stored @ q[0]).astype(np.float32)
+        return (stored_vectors(self._index, ids) @ q[0]).astype(np.float32)
 
     def timestamps_ns(self) -> np.ndarray:
         """(N,) place stamps in ns, -1 where unknown (for time-gap filtering)."""
@@ -214,11 +214,16 @@ class MapDatabase:
             self._spill = None
 
     def _write_files(self, tmp: Path, revision: str) -> None:
+        self._index = trained(self._index, self.index_type)
         with open(tmp / GLOBAL_INDEX, "wb") as handle:  # Python's I/O: a full disk is an OSError, named
             handle.write(faiss.serialize_index(self._index).tobytes())
-        # a new float16 map: the spilled grids already are the file; otherwise copy old + new rows
+        self._fit_codec(1)
+        if self.codec.compact:
+            self.codec.projection.astype("<f4").tofile(tmp / PROJECTION)
+        # a new map: the spilled grids already are the file (in its codec); otherwise copy old + new rows
         grids = tmp / grid_file_name(self.codec)
-        if not self.codec.compact and self._local is None and self._spill is not None and self._spill.link_to(grids):
+        if self._local is None and self._spill is not None and self._spill.codec.same_as(self.codec) \
+                and self._spill.link_to(grids):
             os.chmod(grids, umask_mode())
         else:
             self._write_local(grids)
@@ -241,22 +246,17 @@ class MapDatabase:
     def _write_local(self, path: Path) -> None:
         """The grids in this map's codec: stored rows of the same codec as they are (no second
         rounding), the others encoded; a compact map fits its projection on its places first."""
-        if self.codec.compact and self.codec.projection is None:
-            sample = np.linspace(0, len(self) - 1, min(len(self), 2048)).round().astype(np.int64)
-            self.codec = self.codec.fitted(self.local_features(np.unique(sample)))
-        if self.codec.compact:
-            self.codec.projection.astype("<f4").tofile(path.parent / PROJECTION)
-        same = self._local is not None and self._local.codec.same_as(self.codec)
-        stored = self._local.count if same else 0
+        stored = self._local.count if self._local is not None else 0
+        copy_stored = self._local is not None and self._local.codec.same_as(self.codec)
+        copy_spill = self._spill is not None and self._spill.codec.same_as(self.codec)
         with open(path, "wb") as out:
             for start in range(0, len(self), 256):
                 ids = np.arange(start, min(start + 256, len(self)))
-                old = ids[ids < stored]
-                if old.size:
-                    out.write(self._local.raw(old).tobytes())
-                new = ids[ids >= stored]
-                if new.size:
-                    out.write(self.codec.encode(self.local_features(new)).tobytes())
+                for part, source, copy in ((ids[ids < stored], self._local, copy_stored),
+                                           (ids[ids >= stored] - stored, self._spill, copy_spill)):
+                    if part.size:  # rows already in this codec are copied, never rounded twice
+                        rows = source.raw(part) if copy else self.codec.encode(source.rows(part))
+                        out.write(rows.tobytes())
 
     @classmethod
     def open(cls, path: str | os.PathLike, expect: ModelIdentity | None = None) -> "MapDatabase":  # noqa: A003

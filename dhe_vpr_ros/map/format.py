@@ -31,6 +31,7 @@ import numpy as np
 from ..json_fields import field, numbers
 from ..method.identity import ModelIdentity
 from .codec import COMPACT, FLOAT16, GridCodec
+from .index import INDEX_TYPES, prepared
 from .records import Place
 from .static_mask import CellMask, CellStatistics, MaskError, MaskSettings
 
@@ -47,7 +48,6 @@ COMPACT_GRIDS, PROJECTION = "local.pq4", "projection.f32"
 CELL_SUMS, MASK_PICTURE = "cells.f64", "static_mask.png"
 MAP_FILES = (GLOBAL_INDEX, LOCAL_GRIDS, PLACES, MANIFEST)  # required (format 1); the two below are optional
 ALL_MAP_FILES = (*MAP_FILES, CELL_SUMS, MASK_PICTURE, COMPACT_GRIDS, PROJECTION)
-INDEX_TYPES = ("flat", "hnsw")
 
 
 class MapError(RuntimeError):
@@ -202,6 +202,7 @@ def read_index(path: Path, num: int, dim: int, root: Path | None = None):
     if index.ntotal != num or index.d != dim:
         raise MapError(f"map {path}: {GLOBAL_INDEX} holds {index.ntotal} x {index.d}, manifest says "
                        f"{num} x {dim}")
+    index = prepared(index)
     for start in range(0, num, 8192):  # bounded memory for a large map
         chunk = index.reconstruct_n(start, min(8192, num - start))
         bad = np.flatnonzero(~np.isfinite(chunk).all(axis=1))
