@@ -119,7 +119,7 @@ def test_thread_settings_are_applied_once_and_reported_by_info():
     env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
     shown = subprocess.run([sys.executable, "-m", "dhe_vpr_ros", "info", "--threads", "1"], capture_output=True,
                            text=True, env=env, check=True).stdout
-    assert "torch 1 (+1 inter-op; as asked), OpenCV 1, FAISS 1, OMP_WAIT_POLICY libgomp default" in shown
+    assert "torch 1 (+1 inter-op; as asked), BLAS 1, OpenCV 1, FAISS 1, OMP_WAIT_POLICY libgomp default" in shown
     kept = subprocess.run([sys.executable, "-m", "dhe_vpr_ros", "info"], capture_output=True, text=True,
                           env={**env, "OMP_WAIT_POLICY": "PASSIVE"}, check=True).stdout
     assert "OMP_WAIT_POLICY PASSIVE" in kept and "free cores:" in kept  # the user's own choice stays
