@@ -9,14 +9,11 @@ pairs from ``benchmarks/sequences.py``, frame i at place i, +-2 frames right) on
 run in turn chooses the settings on ALL THE OTHERS and measures them on it (the fold table is
 what a new user can expect), and finally chooses the shipped defaults on all runs the same way.
 
-Choosing on a set of runs: over a grid of sequence settings (length, agreeing frames,
-distinctiveness ratio and neighbourhood) and every score threshold, keep the settings under which
-every run has no loop closure more than 5 frames off and precision >= ``--precision`` (0.95; not
-1.0: demanding every calibration run be perfect imports the worst aliasing of each into all
-environments), and among those the highest worst-run recall, counted over the runs whose
-single-frame Recall@1 is at least 0.85 (a run the model cannot recognise, such as Nordland across
-seasons, must stay quiet, but its recall is no objective). Ties: the shorter window, then the
-higher threshold.
+Choosing on a set of runs (``dhe_vpr_ros.loop.transfer``): over a grid of sequence settings (length,
+agreeing frames, distinctiveness ratio and neighbourhood) and every score threshold, keep the settings
+under which every run has no loop closure more than 5 frames off and precision >= ``--precision``
+(0.95; not 1.0: demanding every calibration run be perfect imports the worst aliasing of each into
+all environments), then the highest worst-run recall over the runs the model recognises.
 
 Each run is recorded once (the first 32 retrieved places of every query frame and every
 re-ranker's score for each) and cached in ``--cache`` (``NAME.npz``); later calls replay the
@@ -46,6 +43,7 @@ from dhe_vpr_ros.map.database import MapDatabase
 from dhe_vpr_ros.map.records import Place
 from dhe_vpr_ros.method.rerank import MIN_VERIFIED_INLIERS, RERANKERS, _order, _verified_order
 from dhe_vpr_ros.loop.policy import LoopPolicy
+from dhe_vpr_ros.loop.transfer import choose, leave_one_run_out, run_figures
 from dhe_vpr_ros.runtime.loading import load_model
 from dhe_vpr_ros.loop.sequence import SequenceSettings
 
@@ -114,42 +112,63 @@ def verdicts(frames, settings: SequenceSettings) -> np.ndarray:
     return np.stack([answers.scores, answers.correct, answers.errors > FAR_FRAMES], axis=1).astype(np.float64)
 
 
-def outcome(rows: np.ndarray, threshold: float) -> tuple[int, int, int]:
-    accepted = rows[:, 0] >= threshold
-    return int((accepted & (rows[:, 1] > 0)).sum()), int((accepted & (rows[:, 1] == 0)).sum()), \
-        int((accepted & (rows[:, 2] > 0)).sum())
-
-
-def figures(rows: np.ndarray, threshold: float) -> dict:
-    """Precision, recall, far loop closures and loop closures of one run at ``threshold``."""
-    right, wrong, far = outcome(rows, threshold)
-    return {"precision": right / (right + wrong) if right + wrong else 1.0, "recall": right / len(rows),
-            "far": far, "loops": right + wrong}
-
-
 def single_frame_recall(data: dict, reranker: str, top_k: int) -> float:
     """Recall@1 of the run's single-frame answers (the re-ranker's first place within +-2 frames)."""
     frames = frames_of(data, reranker, top_k)
     return float(np.mean([abs(int(ids[0]) - q) <= TOLERANCE for q, (ids, _) in enumerate(frames)]))
 
 
-def choose(runs: dict, recalls: dict, precision: float) -> tuple | None:
-    """(objective, threshold, settings index) of the best settings on ``runs`` ({name: {i: rows}}):
-    no far loop closure and precision >= ``precision`` on every run, then the highest worst recall over
-    the runs the model recognises (``recalls`` >= 0.85; all runs if none)."""
-    judged = [n for n in runs if recalls[n] >= 0.85] or list(runs)
-    best = None
-    for i in next(iter(runs.values())):
-        thresholds = np.unique(np.concatenate([r[i][np.isfinite(r[i][:, 0]), 0] for r in runs.values()]))
-        for t in thresholds[thresholds > 0]:
-            results = {n: figures(r[i], float(t)) for n, r in runs.items()}
-            if any(f["far"] or f["precision"] < precision for f in results.values()):
-                continue
-            key = (min(results[n]["recall"] for n in judged), -i, float(t))
-            if best is None or key > best[0]:
-                best = (key, float(t), i)
-            break  # the lowest feasible threshold has the most recall for these settings
-    return best
+FAMILIES = {
+    "both": "inlier threshold and distinctiveness ratio",
+    "inliers": "the raw inlier count alone (ratio off)",
+    "ratio": "the distinctiveness ratio alone (scale-free: the best against its rivals outside the neighbourhood)",
+}
+
+
+def fold_table(rows: dict, recalls: dict, grid: list, precision: float, family: str) -> dict:
+    """Leave one run out with the scores of ``family``: print each held-out run's figures under the
+    settings chosen on the others; returns name=value lines."""
+    subset = [i for i, g in enumerate(grid) if family != "inliers" or g.min_distinctiveness == 1.0]
+    if family == "ratio":
+        subset = [i for i in subset if grid[i].min_distinctiveness > 1.0]
+    rows = {n: {i: r[i] for i in subset} for n, r in rows.items()}
+    print(f"\n{FAMILIES[family]}:")
+    print(f"{'held out':<18}{'chosen on the others':<52}{'precision':>10}{'recall':>8}{'far':>5}{'loops':>7}")
+    lines = {}
+    for fold in leave_one_run_out(rows, recalls, precision, lowest_threshold_only=family == "ratio"):
+        if fold.choice is None:
+            print(f"{fold.held_out:<18}(no setting keeps the others precise)")
+            continue
+        f = fold.figures
+        print(f"{fold.held_out:<18}{describe(grid[fold.choice.setting], fold.choice.threshold):<52}"
+              f"{f.precision:>10.3f}{f.recall:>8.3f}{f.far:>5}{f.loops:>7}")
+        for key in ("precision", "recall", "far"):
+            lines[f"{family}_fold_{fold.held_out}_{key}"] = round(getattr(f, key), 3)
+    return lines
+
+
+def shipped(rows: dict, recalls: dict, grid: list, data: dict, rerankers: list, args) -> dict:
+    """The defaults, chosen on every run; each re-ranker's threshold under dhe's sequence settings."""
+    best = choose(rows, recalls, args.precision)
+    if best is None:
+        raise SystemExit("no setting keeps every run precise: nothing to ship")
+    threshold, i = best.threshold, best.setting
+    settings = grid[i]
+    print(f"\nchosen on all runs ({FAMILIES['both']}): {describe(settings, threshold)}")
+    for n in rows:
+        f = run_figures(rows[n][i], threshold)
+        print(f"  {n:<16} precision {f.precision:.3f} recall {f.recall:.3f} far {f.far}")
+    lines = {"sequence_length": settings.length, "sequence_min_agreeing": settings.min_agreeing,
+             "min_distinctiveness": settings.min_distinctiveness,
+             "distinctiveness_neighbourhood": settings.neighbourhood, "min_score_dhe": round(threshold, 3)}
+    for reranker in (r for r in rerankers if r != "dhe"):
+        available = {n: d for n, d in data.items() if reranker == "none" or reranker in d}
+        runs = {n: {0: verdicts(frames_of(d, reranker, args.top_k), settings)} for n, d in available.items()}
+        found = choose(runs, {n: single_frame_recall(d, reranker, args.top_k) for n, d in available.items()},
+                       args.precision)
+        lines[f"min_score_{reranker}"] = round(found.threshold, 3) if found else "never"
+        print(f"  {reranker}: min_score {lines[f'min_score_{reranker}']}")
+    return lines
 
 
 def main() -> None:
@@ -160,6 +179,8 @@ def main() -> None:
     parser.add_argument("--rerankers", default=",".join(RERANKERS))
     parser.add_argument("--top-k", type=int, default=16, help="the node's top_k")
     parser.add_argument("--precision", type=float, default=0.95)
+    parser.add_argument("--families", default="both,inliers,ratio",
+                        help=f"fold tables for these score families ({', '.join(FAMILIES)}); the defaults use 'both'")
     args = parser.parse_args()
     rerankers = args.rerankers.split(",")
     data = {}
@@ -175,38 +196,11 @@ def main() -> None:
     rows = {n: {i: verdicts(frames_of(d, "dhe", args.top_k), g) for i, g in enumerate(grid)} for n, d in dhe.items()}
     print(f"{len(grid)} sequence settings x every threshold; single-frame Recall@1 (dhe): "
           + ", ".join(f"{n} {r:.3f}" for n, r in recalls.items()))
-    print(f"{'held out':<18}{'chosen on the others':<52}{'precision':>10}{'recall':>8}{'far':>5}{'loops':>7}")
     lines = {}
-    for held in rows:
-        others = {n: r for n, r in rows.items() if n != held}
-        best = choose(others, recalls, args.precision)
-        if best is None:
-            print(f"{held:<18}(no setting keeps the others precise)")
-            continue
-        _, threshold, i = best
-        g = grid[i]
-        f = figures(rows[held][i], threshold)
-        print(f"{held:<18}{describe(g, threshold):<52}{f['precision']:>10.3f}{f['recall']:>8.3f}{f['far']:>5}"
-              f"{f['loops']:>7}")
-        lines[f"fold_{held}_precision"], lines[f"fold_{held}_recall"] = round(f["precision"], 3), round(f["recall"], 3)
-        lines[f"fold_{held}_far"] = f["far"]
-    best = choose(rows, recalls, args.precision)
-    _, threshold, i = best
-    settings = grid[i]
-    print(f"chosen on all runs: {describe(settings, threshold)}")
-    for n in rows:
-        f = figures(rows[n][i], threshold)
-        print(f"  {n:<16} precision {f['precision']:.3f} recall {f['recall']:.3f} far {f['far']}")
-    lines.update({"sequence_length": settings.length, "sequence_min_agreeing": settings.min_agreeing,
-                  "min_distinctiveness": settings.min_distinctiveness,
-                  "distinctiveness_neighbourhood": settings.neighbourhood, "min_score_dhe": round(threshold, 3)})
-    for reranker in (r for r in rerankers if r != "dhe"):
-        available = {n: d for n, d in data.items() if reranker == "none" or reranker in d}
-        runs = {n: {0: verdicts(frames_of(d, reranker, args.top_k), settings)} for n, d in available.items()}
-        found = choose(runs, {n: single_frame_recall(d, reranker, args.top_k) for n, d in available.items()},
-                       args.precision)
-        lines[f"min_score_{reranker}"] = round(found[1], 3) if found else "never"
-        print(f"  {reranker}: min_score {lines[f'min_score_{reranker}']}")
+    if len(rows) > 1:
+        for family in args.families.split(","):
+            lines.update(fold_table(rows, recalls, grid, args.precision, family))
+    lines.update(shipped(rows, recalls, grid, data, rerankers, args))
     print(" ".join(f"{k}={v}" for k, v in lines.items()))
 
 
