@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from dhe_vpr_ros.map.sources import folder_frames
 from dhe_vpr_ros.loop.evaluation import FAR_FRAMES, Ranked, sequence_answers
@@ -45,6 +46,7 @@ from dhe_vpr_ros.method.rerank import MIN_VERIFIED_INLIERS, RERANKERS, _order, _
 from dhe_vpr_ros.loop.policy import LoopPolicy
 from dhe_vpr_ros.loop.transfer import choose, leave_one_run_out, run_figures
 from dhe_vpr_ros.runtime.loading import load_model
+from dhe_vpr_ros.runtime.threads import ThreadGovernor, configure_threads
 from dhe_vpr_ros.loop.sequence import SequenceSettings
 
 TOLERANCE = 2
@@ -53,6 +55,8 @@ DEPTH = 32  # retrieved and recorded per query; the node re-ranks its top_k of t
 
 def record(folder: Path, rerankers, limit: int | None) -> dict:
     """Retrieval ids/similarities and each re-ranker's per-candidate scores, query by query."""
+    configure_threads()  # as every command: threads from the free cores (a busy neighbour costs 10x otherwise)
+    governor = ThreadGovernor()
     torch.set_grad_enabled(False)
     model, _ = load_model(None)
     loc = Localizer(model, MapDatabase(model_identity(model)), "cpu", "none", top_k=DEPTH)
@@ -61,7 +65,8 @@ def record(folder: Path, rerankers, limit: int | None) -> dict:
         batch = [f.load() for f in refs[start:start + 32]]
         loc.add_images(batch, [Place(-1, f"ref-{start + i}") for i in range(len(batch))])
     out = {"ids": [], "sims": [], **{r: [] for r in rerankers}}
-    for frame in folder_frames(folder / "queries")[:limit]:
+    for frame in tqdm(folder_frames(folder / "queries")[:limit], desc=f"recording {folder.name}", unit="frame"):
+        governor.adjust()
         image = frame.load()
         local, global_ = loc.embed([image])
         sims, ids = loc.retrieve(global_[0], DEPTH)

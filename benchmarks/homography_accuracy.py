@@ -39,6 +39,7 @@ from dhe_vpr_ros.map.records import Place
 from dhe_vpr_ros.method.matching import grid_keypoints, mutual_nearest_neighbours, robust_homographies
 from dhe_vpr_ros.method.rerank import DEFAULT_REFINE_ROUNDS, make_reranker
 from dhe_vpr_ros.runtime.loading import load_model
+from dhe_vpr_ros.runtime.threads import configure_threads
 from dhe_vpr_ros.training.views import LEVELS, synthetic_view
 
 OPENCV_DOC = Path("/usr/share/doc/opencv-doc/examples/data")
@@ -276,6 +277,7 @@ def main() -> None:
     parser.add_argument("--grids", default="float16", choices=("float16", "pca-int4"),
                         help="how the map side's grids are stored (what build-map --grids writes)")
     args = parser.parse_args()
+    configure_threads()  # as every command: threads from the free cores
     torch.set_grad_enabled(False)
     device = torch.device(args.device)
     model, _ = load_model(args.checkpoint, device=device)

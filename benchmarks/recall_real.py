@@ -37,6 +37,7 @@ from dhe_vpr_ros.map.database import MapDatabase
 from dhe_vpr_ros.map.records import Place
 from dhe_vpr_ros.loop.precision import precision_curve, summarize
 from dhe_vpr_ros.runtime.loading import load_model
+from dhe_vpr_ros.runtime.threads import configure_threads
 
 RERANKERS = ("none", "ransac", "magsac", "dhe")
 COHOG_SETS = {"GardensPoint": "Gardens_Point", "ESSEX3IN1": "ESSEX3IN1", "SPEDTest": "SPED_Test"}
@@ -123,6 +124,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--top-k", type=int, default=32)
     args = parser.parse_args()
+    configure_threads()  # as every command: threads from the free cores
     torch.set_grad_enabled(False)
     device = torch.device(args.device)
     model, _ = load_model(args.checkpoint, device=device)
