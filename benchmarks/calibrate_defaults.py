@@ -43,7 +43,7 @@ from dhe_vpr_ros.method.localizer import Localizer
 from dhe_vpr_ros.map.database import MapDatabase
 from dhe_vpr_ros.map.records import Place
 from dhe_vpr_ros.method.rerank import MIN_VERIFIED_INLIERS, RERANKERS, _order, _verified_order
-from dhe_vpr_ros.loop.policy import LoopPolicy
+from dhe_vpr_ros.loop.policy import CALIBRATED_MIN_SCORE, LoopPolicy
 from dhe_vpr_ros.loop.transfer import choose, leave_one_run_out, run_figures
 from dhe_vpr_ros.runtime.loading import load_model
 from dhe_vpr_ros.runtime.threads import ThreadGovernor, configure_threads
@@ -176,6 +176,20 @@ def shipped(rows: dict, recalls: dict, grid: list, data: dict, rerankers: list, 
     return lines
 
 
+def node_defaults(data: dict, top_k: int) -> dict:
+    """What the node's defaults as shipped (``SequenceSettings()``, the calibrated dhe threshold) do on
+    every run: the figures to compare a new choice with before it replaces them."""
+    settings, threshold = SequenceSettings(), CALIBRATED_MIN_SCORE["dhe"]
+    print(f"\nthe node's defaults now: {describe(settings, threshold)}")
+    lines = {}
+    for n, d in data.items():
+        f = run_figures(verdicts(frames_of(d, "dhe", top_k), settings), threshold)
+        print(f"  {n:<16} precision {f.precision:.3f} recall {f.recall:.3f} far {f.far} loops {f.loops}")
+        lines.update({f"now_{n}_precision": round(f.precision, 3), f"now_{n}_recall": round(f.recall, 3),
+                      f"now_{n}_far": f.far})
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", action="append", required=True, metavar="NAME=FOLDER[:LIMIT]",
@@ -206,6 +220,7 @@ def main() -> None:
         for family in args.families.split(","):
             lines.update(fold_table(rows, recalls, grid, args.precision, family))
     lines.update(shipped(rows, recalls, grid, data, rerankers, args))
+    lines.update(node_defaults(dhe, args.top_k))
     print(" ".join(f"{k}={v}" for k, v in lines.items()))
 
 
