@@ -7,7 +7,9 @@ r"""How the node's loop-closure defaults are chosen so that they transfer: leave
 nobody tuned them for. So this script records several labelled runs (reference / query folder
 pairs from ``benchmarks/sequences.py``, frame i at place i, +-2 frames right) once, then for each
 run in turn chooses the settings on ALL THE OTHERS and measures them on it (the fold table is
-what a new user can expect), and finally chooses the shipped defaults on all runs the same way.
+what a new user can expect), then chooses on all runs the same way, and prints what the node's
+current defaults do on every run. A choice replaces the node's defaults only when the fold table
+holds (every held-out run precise, no far loop closure): see doc/loop_closure.md.
 
 Choosing on a set of runs (``dhe_vpr_ros.loop.transfer``): over a grid of sequence settings (length,
 agreeing frames, distinctiveness ratio and neighbourhood) and every score threshold, keep the settings
@@ -153,7 +155,7 @@ def fold_table(rows: dict, recalls: dict, grid: list, precision: float, family: 
 
 
 def shipped(rows: dict, recalls: dict, grid: list, data: dict, rerankers: list, args) -> dict:
-    """The defaults, chosen on every run; each re-ranker's threshold under dhe's sequence settings."""
+    """The candidate defaults, chosen on every run; each re-ranker's threshold under dhe's sequence settings."""
     best = choose(rows, recalls, args.precision)
     if best is None:
         raise SystemExit("no setting keeps every run precise: nothing to ship")

@@ -247,6 +247,15 @@ def score_online(args, first: int, plan: list[int], loops) -> dict:
             "recall": right / max(counts["second"]["frames"], 1)}
 
 
+def print_counts(result: dict, row: str, frames: str, wrong_as: str) -> None:
+    """The right / wrong / far table of a replay, one row per part of the run, then the wrong closures."""
+    print(f"{row:<9}{frames:>10}{'loops':>7}{'right':>7}{'wrong':>7}{'far':>5}")
+    for key, c in result["counts"].items():
+        print(f"{key:<9}{c['frames']:>10}{c['loops']:>7}{c['right']:>7}{c['wrong']:>7}{c['far']:>5}")
+    if result["wrong"]:
+        print(f"wrong loop closures ({wrong_as}): " + ", ".join(f"{q} -> {m}" for q, m in result["wrong"]))
+
+
 def main_online(args, name: str, reference, queries) -> None:
     """``--online``: one drive through an empty map that grows with the node's keyframes."""
     drive = reference + queries
@@ -258,12 +267,7 @@ def main_online(args, name: str, reference, queries) -> None:
     result = score_online(args, len(reference), plan, loops)
     print(f"\n{name} online: one drive of {len(reference)} + {len(queries)} frames, {len(plan)} published, "
           f"{len(answers)} answered, {time.monotonic() - start:.0f} s")
-    print(f"{'traverse':<9}{'frames':>8}{'loops':>7}{'right':>7}{'wrong':>7}{'far':>5}")
-    for key, c in result["counts"].items():
-        print(f"{key:<9}{c['frames']:>8}{c['loops']:>7}{c['right']:>7}{c['wrong']:>7}{c['far']:>5}")
-    if result["wrong"]:
-        print("wrong loop closures (drive frame -> keyframe's drive frame): "
-              + ", ".join(f"{q} -> {m}" for q, m in result["wrong"]))
+    print_counts(result, "traverse", "frames", "drive frame -> keyframe's drive frame")
     far = sum(c["far"] for c in result["counts"].values())
     loops_n = sum(c["loops"] for c in result["counts"].values())
     print(f"precision {result['precision']:.3f}, recall {result['recall']:.3f} of the second traverse's frames")
@@ -319,12 +323,7 @@ def main() -> None:
     seconds = time.monotonic() - start
     print(f"\n{name}: {len(reference)} reference frames (map {a}:{b}), {len(plan)} query frames published, "
           f"{len(answers)} answered, {seconds:.0f} s")
-    print(f"{'frames':<8}{'published':>10}{'loops':>7}{'right':>7}{'wrong':>7}{'far':>5}")
-    for key, c in result["counts"].items():
-        print(f"{key:<8}{c['frames']:>10}{c['loops']:>7}{c['right']:>7}{c['wrong']:>7}{c['far']:>5}")
-    if result["wrong"]:
-        print("wrong loop closures (query frame -> map frame): "
-              + ", ".join(f"{q} -> {r}" for q, r in result["wrong"]))
+    print_counts(result, "frames", "published", "query frame -> map frame")
     lat = sorted(latencies)
     p50 = statistics.median(lat) if lat else math.nan
     p95 = lat[min(len(lat) - 1, math.ceil(0.95 * len(lat)) - 1)] if lat else math.nan

@@ -10,30 +10,29 @@ import pytest
 import torch
 
 
+def _environment_pointing_into(name: str, folder):
+    """Set ``name`` to ``folder`` for the session, then restore what it was."""
+    saved = os.environ.get(name)
+    os.environ[name] = str(folder)
+    yield
+    if saved is None:
+        del os.environ[name]
+    else:
+        os.environ[name] = saved
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _torch_caches_in_the_test_folder(tmp_path_factory):
     """An optimizer step loads torch's compiler, which makes /tmp/torchinductor_USER: keep it (and
     what subprocesses make) under pytest's temporary folder instead."""
-    saved = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
-    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(tmp_path_factory.mktemp("torchinductor"))
-    yield
-    if saved is None:
-        del os.environ["TORCHINDUCTOR_CACHE_DIR"]
-    else:
-        os.environ["TORCHINDUCTOR_CACHE_DIR"] = saved
+    yield from _environment_pointing_into("TORCHINDUCTOR_CACHE_DIR", tmp_path_factory.mktemp("torchinductor"))
 
 
 @pytest.fixture(autouse=True, scope="session")
 def _user_cache_in_the_test_folder(tmp_path_factory):
     """``export`` writes to the user's cache folder and ``runtime: auto`` reads it: point it into
     pytest's temporary folder, so that an export on the machine never changes what a test runs."""
-    saved = os.environ.get("XDG_CACHE_HOME")
-    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("xdg_cache"))
-    yield
-    if saved is None:
-        del os.environ["XDG_CACHE_HOME"]
-    else:
-        os.environ["XDG_CACHE_HOME"] = saved
+    yield from _environment_pointing_into("XDG_CACHE_HOME", tmp_path_factory.mktemp("xdg_cache"))
 
 
 @pytest.fixture(autouse=True)
