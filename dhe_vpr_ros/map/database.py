@@ -26,8 +26,8 @@ from ..locks import LockTimeout, release_writer_lock, try_writer_lock, writer_lo
 from ..method.identity import ModelIdentity
 from .codec import GridCodec
 from .format import (ALL_MAP_FILES, CELL_SUMS, FORMAT, GLOBAL_INDEX, MANIFEST, MASK_PICTURE, PLACES, PROJECTION,
-                     MapError, check_grid_file, check_replaceable, grid_file_name, mask_record, model_mismatch,
-                     read_cells, read_index, read_manifest, read_places, read_projection)
+                     VERSION, MapError, check_grid_file, check_replaceable, grid_file_name, mask_record,
+                     model_mismatch, read_cells, read_index, read_manifest, read_places, read_projection)
 from .grids import GridFile, SpillFile
 from .index import make_index, search, stored_vectors, trained
 from .records import Place, check_place
@@ -231,7 +231,7 @@ class MapDatabase:
             for place in self.places:
                 handle.write(json.dumps(place.to_dict()) + "\n")
         self.cells.sums.astype("<f8").tofile(tmp / CELL_SUMS)
-        manifest = {"format": FORMAT, "version": 2 if self.codec.compact else 1, "model": self.identity.to_dict(),
+        manifest = {"format": FORMAT, "version": VERSION if self.codec.compact else 1, "model": self.identity.to_dict(),
                     "num_places": len(self), "index": self.index_type, "build": self.build_info, "revision": revision,
                     "mask": mask_record(self.mask_settings, self.mask),
                     **({"grids": self.codec.to_dict()} if self.codec.compact else {})}

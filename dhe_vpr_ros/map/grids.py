@@ -16,7 +16,7 @@ from ..atomic import link_unnamed, locked_tempfile, remove_stale, unnamed_tempfi
 from .codec import GridCodec
 from .format import MapError
 
-__all__ = ["GridFile", "SpillFile", "read_raw", "read_rows"]
+__all__ = ["GridFile", "SpillFile", "read_raw"]
 
 log = logging.getLogger(__name__)
 
@@ -34,11 +34,6 @@ def read_raw(fd: int, index: np.ndarray, row_bytes: int) -> np.ndarray:
         if got != row_bytes:
             raise MapError(f"short read of map row {row} ({got} of {row_bytes} bytes): file truncated?")
     return out
-
-
-def read_rows(fd: int, index: np.ndarray, row_shape: tuple[int, int, int]) -> np.ndarray:
-    """Rows ``index`` of a raw float16 (N, *row_shape) file."""
-    return read_raw(fd, index, int(np.prod(row_shape)) * 2).view(np.float16).reshape(len(index), *row_shape)
 
 
 class GridFile:

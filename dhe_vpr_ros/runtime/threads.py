@@ -240,13 +240,14 @@ class ThreadGovernor:
     def adjust(self) -> int:
         """Apply the count to the calling thread (changed when the load beside changed); returns it."""
         import torch
-        now = sample_cpus()
         if self.threads is None:
+            now = sample_cpus()
             settings = applied()
             first = settings.torch if settings is not None else choose_threads(now.cpus, cpu_quota(), 0.0)
             self._apply(torch, self.requested or first, None)
             self._last = now
-        elif not self.requested and now.wall - self._last.wall >= self.period:
+        elif not self.requested and time.monotonic() - self._last.wall >= self.period:
+            now = sample_cpus()  # /proc/stat is read once a period, not on every frame
             beside = busy_beside(self._last, now)
             self._last = now
             count = choose_threads(now.cpus, cpu_quota(), beside)
