@@ -15,14 +15,33 @@ Sources (public GitHub repositories, fetched beforehand; nothing is downloaded h
   (commit 38311ac) ``datasets/nordland_trimmed``; 3576 frames (``--start``/``--count``/``--step``
   take a part).
 
+* ``kitti07_shifted``: KITTI odometry 07, frames 0-159 of ``image_0`` (1226 x 370 grayscale, 10 Hz):
+  ``mint-lab/3dv_tutorial`` (commit c9b04a9, ``data/KITTI07``; KITTI is CC BY-NC-SA 3.0: benchmark
+  use only, never in this repository). The same route from a shifted viewpoint: the map holds every
+  4th frame (0, 4, ..., 156), the queries are the frames 2 later (2, 6, ..., 158).
+* ``kitti07_drive``: the same 160 frames as one drive (``frames/`` and ``stamps.txt``, KITTI's own
+  times in seconds): a run that never returns, for ``loop_replay.py --drive``.
+* ``euroc_shifted`` and ``euroc_stereo``: EuRoC V1_01's first 95 stereo pairs (752 x 480, 20 Hz)
+  from ``MIT-SPARK/Kimera-VIO`` (commit ce8c59b, ``tests/data/MicroEurocDataset``; ETH ASL's
+  licence: research use). The camera rests on the floor for these 4.75 s (under 1.5 px of motion
+  between the first and the last frame), so every map place is the right one ("static" truth):
+  ``euroc_shifted`` maps every 4th cam0 frame and queries the cam0 frames 2 later;
+  ``euroc_stereo`` maps every cam0 frame and queries the cam1 frame of the same instant.
+
+Every run folder gets ``truth.json``: ``{"tolerance": 2}`` (query i is right at places i-2 .. i+2,
+far beyond 5) or ``{"static": true}`` (every place is right), and ``{"resolution": "thumbnail"}``
+for the thumbnail runs (GardensPoint crops, Nordland), which bind precision, not recall.
+
 ``--overlay`` also writes ``<name>_overlay``: the same frames with a fisheye ring, a hood band
 and a timestamp box (``synthetic.camera_overlay``), for the static-mask benchmarks.
 
-    python benchmarks/sequences.py --cohog CoHOG_Results_RAL2019 --seqslam seqslam --out /tmp/seq --overlay
+    python benchmarks/sequences.py --cohog CoHOG_Results_RAL2019 --seqslam seqslam --out /tmp/seq --overlay \\
+        --kitti 3dv_tutorial --kimera Kimera-VIO
 """
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -50,15 +69,53 @@ def nordland(seqslam: Path, start: int, count: int | None, step: int) -> tuple[l
     return [load("summer", n) for n in names], [load("winter", n) for n in names]
 
 
-def write_pair(out: Path, name: str, reference: list[np.ndarray], queries: list[np.ndarray], overlay: bool) -> None:
+SHIFT_STEP, SHIFT_OFFSET = 4, 2  # shifted viewpoint: a map of every 4th frame, queries 2 frames later
+
+
+def kitti(root: Path) -> list[np.ndarray]:
+    """KITTI 07 frames 0-159 (RGB)."""
+    names = sorted((root / "data" / "KITTI07" / "image_0").glob("*.png"))[:160]
+    return [cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB) for p in names]
+
+
+def kitti_stamps(root: Path, count: int) -> list[float]:
+    return [float(v) for v in (root / "data" / "KITTI07" / "times.txt").read_text().split()[:count]]
+
+
+def euroc(root: Path, camera: str) -> list[np.ndarray]:
+    folder = root / "tests" / "data" / "MicroEurocDataset" / "mav0" / camera / "data"
+    return [cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB) for p in sorted(folder.glob("*.png"))]
+
+
+def shifted(frames: list[np.ndarray]) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """(map, queries): every SHIFT_STEP-th frame, and the frames SHIFT_OFFSET later."""
+    reference = frames[::SHIFT_STEP]
+    queries = frames[SHIFT_OFFSET::SHIFT_STEP]
+    return reference[:len(queries)], queries
+
+
+def write_images(target: Path, images: list[np.ndarray], change=lambda im: im) -> None:
+    target.mkdir(parents=True, exist_ok=True)
+    for i, image in enumerate(images):
+        cv2.imwrite(str(target / f"{i:05d}.png"), cv2.cvtColor(change(image), cv2.COLOR_RGB2BGR))
+
+
+def write_pair(out: Path, name: str, reference: list[np.ndarray], queries: list[np.ndarray], overlay: bool,
+               truth: dict | None = None) -> None:
     variants = [(name, lambda im: im)] + ([(f"{name}_overlay", camera_overlay)] if overlay else [])
     for folder, change in variants:
         for part, images in (("reference", reference), ("queries", queries)):
-            target = out / folder / part
-            target.mkdir(parents=True, exist_ok=True)
-            for i, image in enumerate(images):
-                cv2.imwrite(str(target / f"{i:05d}.png"), cv2.cvtColor(change(image), cv2.COLOR_RGB2BGR))
+            write_images(out / folder / part, images, change)
+        (out / folder / "truth.json").write_text(json.dumps(truth or {"tolerance": 2}) + "\n")
         print(f"{out / folder}: {len(reference)} reference and {len(queries)} query frames")
+
+
+def write_drive(out: Path, name: str, frames: list[np.ndarray], stamps: list[float]) -> None:
+    """One drive: ``frames/`` in order and ``stamps.txt`` (seconds, one a line)."""
+    write_images(out / name / "frames", frames)
+    (out / name / "stamps.txt").write_text("".join(f"{s:.6f}\n" for s in stamps))
+    (out / name / "truth.json").write_text(json.dumps({"never_returns": True}) + "\n")
+    print(f"{out / name}: one drive of {len(frames)} frames over {stamps[-1] - stamps[0]:.1f} s")
 
 
 def main() -> None:
@@ -69,15 +126,26 @@ def main() -> None:
     parser.add_argument("--start", type=int, default=0, help="nordland: first frame")
     parser.add_argument("--count", type=int, help="nordland: number of frames (default: all)")
     parser.add_argument("--step", type=int, default=1, help="nordland: every Nth frame")
+    parser.add_argument("--kitti", type=Path, help="checkout of mint-lab/3dv_tutorial (data/KITTI07)")
+    parser.add_argument("--kimera", type=Path, help="checkout of MIT-SPARK/Kimera-VIO (tests/data/MicroEurocDataset)")
     parser.add_argument("--overlay", action="store_true", help="also write versions with a camera overlay")
     args = parser.parse_args()
+    thumbnail = {"tolerance": 2, "resolution": "thumbnail"}
     if args.cohog:
-        write_pair(args.out, "gardens", *gardens(args.cohog), args.overlay)
+        write_pair(args.out, "gardens", *gardens(args.cohog), args.overlay, thumbnail)
     if args.seqslam:
         suffix = "" if args.start == 0 and args.count is None and args.step == 1 else \
             f"_{args.start}_{args.count}_{args.step}"
         write_pair(args.out, "nordland" + suffix, *nordland(args.seqslam, args.start, args.count, args.step),
-                   args.overlay)
+                   args.overlay, thumbnail)
+    if args.kitti:
+        frames = kitti(args.kitti)
+        write_pair(args.out, "kitti07_shifted", *shifted(frames), False)
+        write_drive(args.out, "kitti07_drive", frames, kitti_stamps(args.kitti, len(frames)))
+    if args.kimera:
+        cam0, cam1 = euroc(args.kimera, "cam0"), euroc(args.kimera, "cam1")
+        write_pair(args.out, "euroc_shifted", *shifted(cam0), False, {"static": True})
+        write_pair(args.out, "euroc_stereo", cam0, cam1, False, {"static": True})
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ from dhe_vpr_ros.commands.cli import main
 from dhe_vpr_ros.commands.demo import DATA
 from dhe_vpr_ros.map.codec import COMPACT, FLOAT16, GridCodec, fit_projection
 from dhe_vpr_ros.map.database import MapDatabase
-from dhe_vpr_ros.map.format import MapError
+from dhe_vpr_ros.map.format import VERSION, MapError
 from dhe_vpr_ros.map.records import Place
 from dhe_vpr_ros.method.identity import ModelIdentity
 
@@ -100,7 +100,7 @@ def _manifest(edit):
     (_manifest(lambda m: m.update(grids={"codec": "zip"})), "codec 'zip'"),
     (_manifest(lambda m: m.update(grids={"codec": COMPACT, "dims": 99})), "dims 99"),
     (_manifest(lambda m: m.pop("grids")), "field 'grids' is missing"),
-    (_manifest(lambda m: m.update(version=3)), "newer than this"),
+    (_manifest(lambda m: m.update(version=VERSION + 1)), "newer than this"),
 ])
 def test_a_damaged_compact_map_is_one_clear_error(tmp_path, damage, words):
     path = _damaged(tmp_path, damage)

@@ -266,7 +266,8 @@ def test_a_newline_in_a_run_folder_never_leaves_the_comment(frames, tmp_path):
     assert params["sequence_length"] != 99
     assert sorted(params) == sorted(["reranker", "top_k", "min_score", "sequence_length", "sequence_tolerance",
                                      "sequence_max_speed", "sequence_min_agreeing", "min_distinctiveness",
-                                     "distinctiveness_neighbourhood", "sequence_guided"])
+                                     "distinctiveness_neighbourhood", "sequence_guided", "verify_min_inliers",
+                                     "verify_features"])
     assert "run\\nsequence_length: 99" in out.read_text()
 
 

@@ -41,11 +41,19 @@ def run(args: argparse.Namespace) -> int:
     labelled.label_with_map(localizer.database.places)
     if len(labelled.queries) < 2:
         raise ValueError("a run needs at least 2 query frames")
-    recorded = record(localizer, labelled.queries, [args.reranker], args.top_k, guidance=LoopPolicy())
-    cal = calibrate(labelled, recorded.for_sequence(args.reranker), args.reranker, args.top_k, args.target_precision)
+    policy = LoopPolicy()
+    database = localizer.database
+    features = policy.verify_features if getattr(database, "has_keypoints", False) else None
+    if features is None:
+        log.warning("the map holds no keypoints (built before the keypoint layer): the two-view check is not "
+                    "calibrated (verify_min_inliers 0); rebuild the map to calibrate it")
+    recorded = record(localizer, labelled.queries, [args.reranker], args.top_k, guidance=policy, features=features)
+    cal = calibrate(labelled, recorded.for_sequence(args.reranker), args.reranker, args.top_k, args.target_precision,
+                    inliers=recorded.two_view(database))
     text = params_yaml(cal, labelled.description)
     write_params(args.output, text)
-    log.info("wrote %s: min_score %g, sequence_length %d, min_distinctiveness %g: precision %.3f, recall %.3f "
-             "(single-frame score alone: recall %.3f)", args.output, cal.policy.min_score, cal.policy.sequence_length,
-             cal.policy.min_distinctiveness, cal.precision, cal.recall, cal.single_frame_recall)
+    log.info("wrote %s: min_score %g, sequence_length %d, min_distinctiveness %g, verify_min_inliers %d: precision "
+             "%.3f, recall %.3f (single-frame score alone: recall %.3f)", args.output, cal.policy.min_score,
+             cal.policy.sequence_length, cal.policy.min_distinctiveness, cal.policy.verify_min_inliers, cal.precision,
+             cal.recall, cal.single_frame_recall)
     return 0

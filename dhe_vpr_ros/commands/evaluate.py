@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from ..atomic import atomic_write, check_output
-from ..loop.evaluation import RecordedRun, first_answers, record, report_of, sequence_answers
+from ..loop.evaluation import RecordedRun, first_answers, record, report_of, sequence_answers, two_view_features
 from ..loop.groundtruth import LabelledRun
 from ..loop.policy import LoopPolicy
 from ..loop.precision import precision_curve, summarize
@@ -54,7 +54,8 @@ def _precision_columns(figures: dict) -> str:
             f"{figures['wrong_above_min_score']:>8d}")
 
 
-def plot_curves(recorded: RecordedRun, run: LabelledRun, path: str, policy: LoopPolicy, sequence: bool) -> None:
+def plot_curves(recorded: RecordedRun, run: LabelledRun, path: str, policy: LoopPolicy, sequence: bool,
+                inliers=None) -> None:
     """Precision-recall curves of every re-ranker on one figure (dashed: after sequence verification)."""
     try:
         import matplotlib
@@ -66,7 +67,8 @@ def plot_curves(recorded: RecordedRun, run: LabelledRun, path: str, policy: Loop
     for name, ranked in recorded.rankings.items():
         kinds = [("", first_answers(run, ranked), "-")]
         if sequence:
-            kinds.append((" + sequence", sequence_answers(run, recorded.for_sequence(name), policy, name), "--"))
+            kinds.append((" + sequence", sequence_answers(run, recorded.for_sequence(name), policy, name, inliers),
+                          "--"))
         for suffix, answers, style in kinds:
             curve = precision_curve(answers.scores, answers.correct, answers.has_positive)
             ax.plot(np.r_[0.0, curve.recall], np.r_[1.0, curve.precision], style,
@@ -121,13 +123,14 @@ def run(args: argparse.Namespace) -> int:
     localizer, labelled = open_run(args, rerankers)
     labelled.label_with_map(localizer.database.places)
     recorded = record(localizer, labelled.queries, rerankers, args.top_k, max(values),
-                      policy if args.sequence else None)
-    report = report_of(labelled, recorded, args.top_k, len(localizer.database), values, policy, args.sequence)
+                      policy if args.sequence else None, two_view_features(policy, args.sequence))
+    inliers = recorded.two_view(localizer.database)
+    report = report_of(labelled, recorded, args.top_k, len(localizer.database), values, policy, args.sequence, inliers)
     sys.stdout.write(format_table(report))
     sys.stdout.flush()
     if args.json:  # the report first: a plot that fails must not cost it
         with atomic_write(args.json, mode="w") as handle:
             handle.write(json.dumps(report, indent=2, allow_nan=False) + "\n")
     if args.plot:
-        plot_curves(recorded, labelled, args.plot, policy, args.sequence)
+        plot_curves(recorded, labelled, args.plot, policy, args.sequence, inliers)
     return 0

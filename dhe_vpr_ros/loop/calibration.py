@@ -4,10 +4,11 @@
 
 A labelled run of the robot (a reference run and a query run of one route, or a geo split) is
 played through retrieval and one re-ranker in order, once. Then every combination of sequence
-length and distinctiveness ratio on a small grid is replayed through the node's sequence
-verification (cheap: no network involved), and for each the score threshold that keeps
-precision at the target with the most recall is found. The winner (most recall; on a tie the
-shorter window and the lower ratio, i.e. the simpler and quicker setting) is written as a ROS 2
+length, distinctiveness ratio and two-view inlier minimum on a small grid is replayed through the
+node's sequence verification and two-view check (cheap: no network involved; each frame's pair is
+matched once), and for each the score threshold that keeps precision at the target with the most
+recall is found. The winner (most recall; on a tie the shorter window, the lower ratio and the
+stricter two-view check) is written as a ROS 2
 parameters file that ``ros2 launch dhe_vpr_ros vpr.launch.py params_file:=FILE`` loads, with the
 measured precision and recall in its comments.
 
@@ -30,7 +31,8 @@ from .policy import LOOP_CLOSURE_PARAMETERS, LoopPolicy
 from .precision import precision_curve
 from .sequence import MAX_WORK
 
-__all__ = ["Calibration", "DISTINCTIVENESS", "MARKER", "SEQUENCE_LENGTHS", "calibrate", "check_params_target",
+__all__ = ["Calibration", "DISTINCTIVENESS", "MARKER", "MIN_INLIERS", "SEQUENCE_LENGTHS", "calibrate",
+           "check_params_target",
            "one_line", "operating_point", "params_yaml", "write_params"]
 
 log = logging.getLogger(__name__)
@@ -38,6 +40,7 @@ log = logging.getLogger(__name__)
 MARKER = "# dhe_vpr_ros calibrate"  # first line of every file this command writes
 SEQUENCE_LENGTHS = (1, 2, 3, 4, 5, 6, 8, 10)
 DISTINCTIVENESS = (1.0, 1.1, 1.25, 1.5, 2.0)
+MIN_INLIERS = (0, 10, 15, 20, 25, 30, 40)  # two-view inliers (0: no check); searched where the map has keypoints
 
 
 @dataclass(frozen=True)
@@ -71,8 +74,9 @@ def operating_point(answers, target: float) -> tuple[float, float, float, int] |
 
 
 def calibrate(run, ranked, reranker: str, top_k: int, target: float, base: LoopPolicy = LoopPolicy(),
-              lengths=SEQUENCE_LENGTHS, ratios=DISTINCTIVENESS) -> Calibration:
-    """Grid-search sequence length and distinctiveness over a recorded run (``ranked``, in query order)."""
+              lengths=SEQUENCE_LENGTHS, ratios=DISTINCTIVENESS, inliers=None, min_inliers=MIN_INLIERS) -> Calibration:
+    """Grid-search sequence length, distinctiveness and (with ``inliers``, the two-view lookup of the
+    recorded run) the two-view minimum over a recorded run (``ranked``, in query order)."""
     if not 0 < target <= 1:
         raise ValueError(f"--target-precision must be above 0 and at most 1, not {target}")
     if len(ranked) < 2:
@@ -80,21 +84,22 @@ def calibrate(run, ranked, reranker: str, top_k: int, target: float, base: LoopP
     results = []
     for length in lengths:
         for ratio in ratios:
-            policy = replace(base, sequence_length=length, min_distinctiveness=ratio)
-            if policy.sequence().work(top_k) > MAX_WORK:
-                log.info("sequence length %d skipped: over the search budget with top-K %d", length, top_k)
-                continue
-            point = operating_point(sequence_answers(run, ranked, policy, reranker), target)
-            if point is not None:
-                results.append((point[2], -length, -ratio, policy, point))
-    single_frame = replace(base, sequence_length=1, min_distinctiveness=1.0)
+            for minimum in min_inliers if inliers is not None else (0,):
+                policy = replace(base, sequence_length=length, min_distinctiveness=ratio, verify_min_inliers=minimum)
+                if policy.sequence().work(top_k) > MAX_WORK:
+                    log.info("sequence length %d skipped: over the search budget with top-K %d", length, top_k)
+                    break
+                point = operating_point(sequence_answers(run, ranked, policy, reranker, inliers), target)
+                if point is not None:
+                    results.append((point[2], -length, -ratio, minimum, policy, point))
+    single_frame = replace(base, sequence_length=1, min_distinctiveness=1.0, verify_min_inliers=0)
     single = operating_point(sequence_answers(run, ranked, single_frame, reranker), target)
     if not results:
         raise ValueError(f"no setting reaches precision {target:g} on this run with {reranker}: even the highest "
                          "score is a wrong place; lower --target-precision, or check that the reference and query "
                          "runs are of the same route and in order")
-    recall, _, _, policy, (threshold, precision, _, accepted) = max(results, key=lambda r: r[:3])
-    answers = sequence_answers(run, ranked, policy, reranker)
+    recall, _, _, _, policy, (threshold, precision, _, accepted) = max(results, key=lambda r: r[:4])
+    answers = sequence_answers(run, ranked, policy, reranker, inliers)
     return Calibration(replace(policy, min_score=round(threshold, 4)), reranker, top_k, target, precision, recall,
                        accepted,
                        len(ranked), int(answers.has_positive.sum()), single[2] if single else 0.0)

@@ -13,8 +13,9 @@ Precision (``precision``) is measured on each query's first-ranked place and its
 curve over the score threshold, recall at 100 % precision, average precision, and how many
 wrong first places reach the loop-closure threshold. With ``sequence`` the queries are fed in
 order to the node's sequence verification (``LoopPolicy``, same settings and defaults as the
-node) and the same figures are reported for the places it verifies: what the node would
-publish as loop closures.
+node), the places it verifies go through the same two-view check (``verify_min_inliers``), and
+the same figures are reported for the places that pass: what the node would publish as loop
+closures.
 """
 from __future__ import annotations
 
@@ -26,15 +27,17 @@ from dataclasses import dataclass, field
 import numpy as np
 from tqdm import tqdm
 
+from ..map.keypoints import Keypoints, describe
 from ..method.localizer import Localizer, clock
 from ..method.rerank import RERANKERS
 from .groundtruth import LabelledRun
-from .policy import SEQUENCE_PARAMETERS, LoopPolicy
+from .policy import LOOP_CLOSURE_PARAMETERS, LoopPolicy
 from .precision import precision_curve, summarize
 from .sequence import SequenceVerifier
+from .two_view import PairInliers
 
 __all__ = ["FAR_FRAMES", "RECALL_VALUES", "Answers", "Ranked", "RecordedRun", "evaluate", "first_answers", "judge",
-           "record", "recalls", "report_of", "sequence_answers"]
+           "record", "recalls", "report_of", "sequence_answers", "two_view_features"]
 
 log = logging.getLogger(__name__)
 
@@ -64,9 +67,14 @@ class RecordedRun:
     rankings: dict[str, list[Ranked]]
     latency_ms: dict
     guided: dict[str, list[Ranked]] = field(default_factory=dict)
+    keypoints: list[Keypoints] = field(default_factory=list)  # each query's, when recorded for the two-view check
 
     def for_sequence(self, reranker: str) -> list[Ranked]:
         return self.guided.get(reranker, self.rankings[reranker])
+
+    def two_view(self, database) -> PairInliers | None:
+        """The two-view inliers of (query, place) pairs against ``database`` (None: no keypoints recorded)."""
+        return PairInliers(database, self.keypoints) if self.keypoints else None
 
 
 def _ranked(result, ids: np.ndarray) -> Ranked:
@@ -76,18 +84,22 @@ def _ranked(result, ids: np.ndarray) -> Ranked:
 
 
 def record(localizer: Localizer, queries, rerankers=RERANKERS, top_k: int = 32, depth: int = 20,
-           guidance: LoopPolicy | None = None) -> RecordedRun:
+           guidance: LoopPolicy | None = None, features: int | None = None) -> RecordedRun:
     """Embed, retrieve and re-rank every query in order (the node's work for each frame). With
     ``guidance`` (sequence_guided > 0, a window of 2 frames or more), each re-ranker's frames also
     go through the sequence verification as in the node: the places its strongest lines predict
-    are re-ranked with the frame's candidates, and that ranking is recorded in ``guided``."""
+    are re-ranked with the frame's candidates, and that ranking is recorded in ``guided``.
+    ``features``: also detect that many ORB keypoints in each query, for the two-view check."""
     rankings = {name: [] for name in rerankers}
     guide = guidance is not None and guidance.sequence_guided > 0 and guidance.sequence_length > 1
     verifiers = {name: SequenceVerifier(guidance.sequence()) for name in rerankers} if guide else {}
     guided = {name: [] for name in verifiers}
     times = {"embed": [], "retrieve": [], **{f"rerank.{name}": [] for name in rerankers}}
+    keypoints = []
     for frame in tqdm(queries, desc="queries", unit="img", disable=None):
         image = frame.load()
+        if features:
+            keypoints.append(describe(image, features))
         start = clock(localizer.device)
         local, global_ = localizer.embed([image])
         times["embed"].append(clock(localizer.device) - start)
@@ -107,7 +119,7 @@ def record(localizer: Localizer, queries, rerankers=RERANKERS, top_k: int = 32, 
     mean_ms = {key: 1e3 * statistics.fmean(vals) if vals else 0.0 for key, vals in times.items()}
     latency = {"embed": mean_ms["embed"], "retrieve": mean_ms["retrieve"],
                "rerank": {name: mean_ms[f"rerank.{name}"] for name in rerankers if name != "none"}}
-    return RecordedRun(rankings, latency, guided)
+    return RecordedRun(rankings, latency, guided, keypoints)
 
 
 def _guided_ranking(localizer, local, global_, size, name, top_k, ids, predicted, plain: Ranked) -> Ranked:
@@ -163,17 +175,24 @@ def first_answers(run: LabelledRun, ranked: list[Ranked]) -> Answers:
     return judge(run, places, scores)
 
 
-def sequence_answers(run: LabelledRun, ranked: list[Ranked], policy: LoopPolicy, reranker: str) -> Answers:
+def sequence_answers(run: LabelledRun, ranked: list[Ranked], policy: LoopPolicy, reranker: str,
+                     inliers=None) -> Answers:
     """The queries in order through the node's sequence verification: each query's verified
-    place and sequence score, or no answer where the frames disagree or the place is aliased
-    (the score threshold is applied by the caller, as a curve)."""
-    settings = policy.sequence()
+    place and sequence score, or no answer where the frames disagree, the place is aliased, or
+    the two-view check refuses it (``inliers(query, place)``: its inlier count, None where the map
+    has no keypoints and the node would skip the check; without ``inliers`` no check is made). The
+    score threshold is applied by the caller, as a curve."""
+    settings, check = policy.sequence(), policy.two_view()
     verifier = SequenceVerifier(settings)
     places, scores = [], []
-    for r in ranked:
+    for q, r in enumerate(ranked):
         verdict = verifier.observe(*r.candidates)
         places.append(verdict.place_id)
-        scores.append(verdict.score if verdict.passes(settings, -math.inf) else -math.inf)
+        passed = verdict.passes(settings, -math.inf)
+        if passed and check.enabled and inliers is not None:
+            found = inliers(q, verdict.place_id)
+            passed = found is None or check.passes(found)
+        scores.append(verdict.score if passed else -math.inf)
     return judge(run, np.array(places, dtype=np.int64), np.array(scores))
 
 
@@ -181,13 +200,22 @@ def evaluate(localizer: Localizer, run: LabelledRun, rerankers=RERANKERS, top_k:
              values=RECALL_VALUES, policy: LoopPolicy | None = None, sequence: bool = False) -> dict:
     """Run every query through retrieval and each re-ranker; returns the report dict."""
     run.label_with_map(localizer.database.places)
-    recorded = record(localizer, run.queries, rerankers, top_k, max(values), policy if sequence else None)
-    return report_of(run, recorded, top_k, len(localizer.database), values, policy or LoopPolicy(), sequence)
+    policy = policy or LoopPolicy()
+    recorded = record(localizer, run.queries, rerankers, top_k, max(values), policy if sequence else None,
+                      two_view_features(policy, sequence))
+    return report_of(run, recorded, top_k, len(localizer.database), values, policy, sequence,
+                     recorded.two_view(localizer.database))
+
+
+def two_view_features(policy: LoopPolicy, sequence: bool) -> int | None:
+    """The ORB features ``record`` detects in each query: the policy's, where its verification checks."""
+    return policy.verify_features if sequence and policy.two_view().enabled else None
 
 
 def report_of(run: LabelledRun, recorded: RecordedRun, top_k: int, num_places: int, values=RECALL_VALUES,
-              policy: LoopPolicy = LoopPolicy(), sequence: bool = False) -> dict:
-    """The report (JSON-ready) of a recorded run: recall, precision, latency, and sequence figures."""
+              policy: LoopPolicy = LoopPolicy(), sequence: bool = False, inliers=None) -> dict:
+    """The report (JSON-ready) of a recorded run: recall, precision, latency, and sequence figures
+    (``inliers``: the two-view lookup, ``RecordedRun.two_view``)."""
     rerankers = list(recorded.rankings)
     without = sum(1 for p in run.positives if p.size == 0)
     if without:
@@ -203,7 +231,7 @@ def report_of(run: LabelledRun, recorded: RecordedRun, top_k: int, num_places: i
     }
     if sequence:
         report["sequence"] = {
-            "settings": {name: getattr(policy, name) for name in (*SEQUENCE_PARAMETERS, "sequence_guided")},
-            "precision": {name: sequence_answers(run, recorded.for_sequence(name), policy, name).summary(
+            "settings": {name: getattr(policy, name) for name in LOOP_CLOSURE_PARAMETERS if name != "min_score"},
+            "precision": {name: sequence_answers(run, recorded.for_sequence(name), policy, name, inliers).summary(
                 policy.threshold(name)) for name in rerankers}}
     return report

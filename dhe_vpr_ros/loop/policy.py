@@ -3,8 +3,9 @@
 """The loop-closure settings a node runs with, checked, and their calibrated defaults.
 
 ``LoopPolicy`` holds every setting the node can change live that decides what becomes a loop
-closure: the score threshold, the sequence verification (``sequence``), the time gap that keeps
-a run from matching its own recent past, and how the map grows with keyframes.
+closure: the score threshold, the sequence verification (``sequence``), the two-view check of the
+place about to be published (``two_view``), the time gap that keeps a run from matching its own
+recent past, and how the map grows with keyframes.
 """
 from __future__ import annotations
 
@@ -12,10 +13,12 @@ import math
 import re
 from dataclasses import dataclass, fields
 
+from ..map.keypoints import FEATURES
 from .sequence import SequenceSettings, Verdict
+from .two_view import TwoViewCheck
 
 __all__ = ["AUTO", "CALIBRATED_MIN_SCORE", "LOOP_CLOSURE_PARAMETERS", "MAX_GUIDED", "LoopPolicy", "SEQUENCE_PARAMETERS",
-           "pose_variance_scale"]
+           "VERIFY_FEATURES", "VERIFY_PARAMETERS", "pose_variance_scale"]
 
 AUTO = -1.0  # min_score: the calibrated threshold of the active re-ranker
 # The sequence score each re-ranker must reach for a loop closure with the default sequence
@@ -31,8 +34,10 @@ _SEQUENCE_FIELDS = {"sequence_length": "length", "sequence_tolerance": "toleranc
 # The LoopPolicy fields of the sequence verification, and with min_score all that decides whether
 # a match is a loop closure: what `calibrate` writes, `evaluate` takes as options and reports.
 SEQUENCE_PARAMETERS = tuple(_SEQUENCE_FIELDS)
-LOOP_CLOSURE_PARAMETERS = ("min_score", *SEQUENCE_PARAMETERS, "sequence_guided")
+VERIFY_PARAMETERS = ("verify_min_inliers", "verify_features")  # the two-view check
+LOOP_CLOSURE_PARAMETERS = ("min_score", *SEQUENCE_PARAMETERS, "sequence_guided", *VERIFY_PARAMETERS)
 MAX_GUIDED = 64
+VERIFY_FEATURES = (100, 5000)  # ORB features detected in the frame to verify
 
 
 @dataclass(frozen=True)
@@ -51,6 +56,8 @@ class LoopPolicy:
     min_distinctiveness: float = SequenceSettings.min_distinctiveness
     distinctiveness_neighbourhood: int = SequenceSettings.neighbourhood
     sequence_guided: int = 2  # places the strongest lines predict, re-ranked with the next frame's candidates
+    verify_min_inliers: int = 0  # two-view inliers the place about to be published needs (0: no check)
+    verify_features: int = FEATURES  # ORB features detected in the frame for that check
 
     def __post_init__(self):
         for name in ("min_time_gap_sec", "keyframe_min_interval_sec"):
@@ -64,6 +71,10 @@ class LoopPolicy:
             raise ValueError(f"max_places must be at least 1, not {self.max_places}")
         if not 0 <= self.sequence_guided <= MAX_GUIDED:
             raise ValueError(f"sequence_guided must be from 0 to {MAX_GUIDED}, not {self.sequence_guided}")
+        if not VERIFY_FEATURES[0] <= self.verify_features <= VERIFY_FEATURES[1]:
+            raise ValueError(f"verify_features must be from {VERIFY_FEATURES[0]} to {VERIFY_FEATURES[1]}, not "
+                             f"{self.verify_features}")
+        self.two_view()  # checks verify_min_inliers
         try:
             self.sequence()
         except ValueError as exc:  # name the policy's field, not the settings'
@@ -78,6 +89,9 @@ class LoopPolicy:
 
     def sequence(self) -> SequenceSettings:
         return SequenceSettings(**{short: getattr(self, name) for name, short in _SEQUENCE_FIELDS.items()})
+
+    def two_view(self) -> TwoViewCheck:
+        return TwoViewCheck(self.verify_min_inliers)
 
     def threshold(self, reranker: str) -> float:
         """The score a loop closure needs under ``reranker`` (the calibrated one for AUTO)."""

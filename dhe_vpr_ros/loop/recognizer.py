@@ -5,23 +5,29 @@
 ``PlaceRecognizer`` wraps a ``Localizer``: it excludes places too recent to count as a loop
 (``min_time_gap_sec``), verifies loop closures over the recent frames (``SequenceVerifier``:
 the frames must agree on where the robot is, the place must stand out from look-alikes far
-away, and the sequence score must reach ``min_score``), grows the map with keyframes
-(``add_keyframes``, ``keyframe_min_interval_sec``, ``max_places``) and saves the grown map. The
-node only converts messages, calls ``recognize`` and publishes the ``Recognition``.
+away, and the sequence score must reach ``min_score``), checks the one place about to be
+published by two-view geometry (``verify_min_inliers``, ``two_view``), grows the map with
+keyframes (``add_keyframes``, ``keyframe_min_interval_sec``, ``max_places``) and saves the grown
+map. The node only converts messages, calls ``recognize`` and publishes the ``Recognition``.
 """
 from __future__ import annotations
 
+import logging
 import threading
 from dataclasses import dataclass, fields, replace
 
 import numpy as np
 
+from ..map.keypoints import FEATURES, Keypoints, describe
 from ..map.records import Place, Pose
 from ..method.localizer import Candidate, Localizer, QueryResult
 from .policy import LoopPolicy, pose_variance_scale
 from .sequence import SequenceVerifier, Verdict
+from .two_view import place_inliers
 
-__all__ = ["PlaceRecognizer", "Recognition"]
+__all__ = ["FrameFeatures", "PlaceRecognizer", "Recognition"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -29,7 +35,9 @@ class Recognition:
     """What one frame gave. ``verdict``: the sequence verifier's best hypothesis; ``accepted``:
     it was verified (``verified``: the candidate it names, usually the best one);
     ``loop_closure`` (query, map stamps in seconds) and ``pose`` are set only for a verified
-    place that has them, ``pose_variance_scale`` says how much to widen the pose's covariance."""
+    place that has them, ``pose_variance_scale`` says how much to widen the pose's covariance.
+    ``two_view_inliers``: what the two-view check counted (None: not checked); ``refused``: the
+    sequence verification accepted the place and the two-view check did not."""
 
     result: QueryResult
     stamp_ns: int
@@ -40,24 +48,43 @@ class Recognition:
     pose: Pose | None = None
     pose_variance_scale: float = 1.0
     keyframe_id: int | None = None
+    two_view_inliers: int | None = None
+    refused: bool = False
 
     @property
     def best(self):
         return self.result.best
 
 
+class FrameFeatures:
+    """A frame's ORB keypoints, detected when first asked for: only for a frame about to close a
+    loop, and for a keyframe (the map's layer), never for every frame."""
+
+    def __init__(self, image: np.ndarray):
+        self.image = image
+        self._found: dict[int, Keypoints] = {}
+
+    def keypoints(self, features: int = FEATURES) -> Keypoints:
+        if features not in self._found:
+            self._found[features] = describe(self.image, features)
+        return self._found[features]
+
+
 class PlaceRecognizer:
     """Localizer + loop-closure policy; thread-safe (a worker recognizes, a service saves)."""
 
-    def __init__(self, localizer: Localizer, policy: LoopPolicy = LoopPolicy()):
+    def __init__(self, localizer: Localizer, policy: LoopPolicy = LoopPolicy(), logger=log):
         self.localizer = localizer
         self.policy = policy
         self.verifier = SequenceVerifier(policy.sequence())
         self._lock = threading.Lock()
         self._stamps = localizer.database.timestamps_ns()
         self._last_keyframe_ns: int | None = None
+        self._log = logger
         self.keyframes_added = 0
         self.map_full = False
+        self.refused_by_two_view = 0  # loop closures the two-view check refused
+        self.unchecked = 0  # loop closures to places without keypoints (maps built before the layer)
 
     def __len__(self) -> int:
         return len(self.localizer.database)
@@ -92,16 +119,18 @@ class PlaceRecognizer:
         loc = self.localizer
         local, global_ = loc.embed([image])
         size = (int(image.shape[1]), int(image.shape[0]))
+        frame = FrameFeatures(image)
         with self._lock:
             guided = self.verifier.predict(self.policy.sequence_guided) if self.policy.sequence_length > 1 else []
             result = loc.rank(local[0], global_[0], size, exclude_ids=self.excluded_ids(stamp_ns), include_ids=guided)
-            out = self._judge(result, stamp_ns)
+            out = self._judge(result, stamp_ns, frame)
             if self.policy.add_keyframes:
-                out.keyframe_id = self._maybe_add_keyframe(local, global_, size, source, stamp_ns)
+                out.keyframe_id = self._maybe_add_keyframe(local, global_, size, source, stamp_ns, frame)
         return out
 
-    def _judge(self, result: QueryResult, stamp_ns: int) -> Recognition:
-        """Feed the frame's candidates to the sequence verifier; a verified place closes the loop."""
+    def _judge(self, result: QueryResult, stamp_ns: int, frame: FrameFeatures) -> Recognition:
+        """Feed the frame's candidates to the sequence verifier; a verified place that passes the
+        two-view check closes the loop."""
         reranker = self.localizer.default_reranker
         candidates = result.candidates
         verdict = self.verifier.observe([c.place_id for c in candidates], [c.score for c in candidates])
@@ -109,6 +138,8 @@ class PlaceRecognizer:
         if not self.policy.verifies(verdict, reranker):
             return out
         place = candidates[verdict.candidate]
+        if not self._two_view_passes(place.place_id, frame, out):
+            return out
         out.accepted, out.verified, out.pose = True, place, place.place.pose
         out.pose_variance_scale = pose_variance_scale(verdict, self.policy.threshold(reranker),
                                                       self.policy.sequence_length)
@@ -116,7 +147,29 @@ class PlaceRecognizer:
             out.loop_closure = (stamp_ns / 1e9, place.place.timestamp_ns / 1e9)
         return out
 
-    def _maybe_add_keyframe(self, local, global_, size, source: str, stamp_ns: int) -> int | None:
+    def _two_view_passes(self, place_id: int, frame: FrameFeatures, out: Recognition) -> bool:
+        """The two-view check of the place about to be published (True when it is off, or the map
+        holds no keypoints for the place: that is said once)."""
+        check = self.policy.two_view()
+        if not check.enabled:
+            return True
+        inliers = place_inliers(check, self.localizer.database, place_id, frame.keypoints(self.policy.verify_features))
+        out.two_view_inliers = inliers
+        if inliers is None:
+            if not self.unchecked:
+                self._log.warning("the map holds no keypoints for place %d (built before the keypoint layer): its loop "
+                                  "closures and those of such places are published without the two-view check; "
+                                  "rebuild the map to check them", place_id)
+            self.unchecked += 1
+            return True
+        if check.passes(inliers):
+            return True
+        out.refused = True
+        self.refused_by_two_view += 1
+        return False
+
+    def _maybe_add_keyframe(self, local, global_, size, source: str, stamp_ns: int,
+                            frame: FrameFeatures) -> int | None:
         interval_ns = self.policy.keyframe_min_interval_sec * 1e9
         if self._last_keyframe_ns is not None and stamp_ns - self._last_keyframe_ns < interval_ns:
             return None
@@ -125,7 +178,7 @@ class PlaceRecognizer:
         if self.map_full:
             return None
         place = Place(-1, source, stamp_ns, image_size=size)
-        (place_id,) = db.add(global_, local.half().cpu().numpy(), [place])
+        (place_id,) = db.add(global_, local.half().cpu().numpy(), [place], keypoints=[frame.keypoints(FEATURES)])
         self._stamps = np.append(self._stamps, stamp_ns)
         self._last_keyframe_ns = stamp_ns
         self.keyframes_added += 1

@@ -25,11 +25,13 @@ from ..atomic import fsync_directory, umask_mode
 from ..locks import LockTimeout, release_writer_lock, try_writer_lock, writer_lock
 from ..method.identity import ModelIdentity
 from .codec import GridCodec
-from .format import (ALL_MAP_FILES, CELL_SUMS, FORMAT, GLOBAL_INDEX, MANIFEST, MASK_PICTURE, PLACES, PROJECTION,
-                     VERSION, MapError, check_grid_file, check_replaceable, grid_file_name, mask_record,
-                     model_mismatch, read_cells, read_index, read_manifest, read_places, read_projection)
+from .format import (ALL_MAP_FILES, CELL_SUMS, FORMAT, GLOBAL_INDEX, KEYPOINTS, MANIFEST, MASK_PICTURE, PLACES,
+                     PROJECTION, MapError, check_grid_file, check_keypoint_file, check_replaceable, grid_file_name,
+                     keypoint_record, mask_record, model_mismatch, read_cells, read_index, read_manifest, read_places,
+                     read_projection)
 from .grids import GridFile, SpillFile
 from .index import make_index, search, stored_vectors, trained
+from .keypoints import Keypoints, RowCodec, decode_row, describe, encode_row
 from .records import Place, check_place
 from .static_mask import CellMask, CellStatistics, MaskSettings, mask_picture
 from .storage import check_unchanged, check_writable, clean_leftovers, fsync_file, reading, swap_in
@@ -59,6 +61,9 @@ class MapDatabase:
     _mask: CellMask | None = None
     _known: dict = field(default_factory=dict)  # map path -> revision this object read or wrote
     codec: GridCodec = field(default_factory=GridCodec)  # how grids are stored (compact: format 2)
+    keypoints_from: int = 0  # the first place with a row in the keypoint layer (older maps: the first added)
+    _keypoint_rows: GridFile | None = None  # the stored rows of the keypoint layer
+    _keypoint_spill: SpillFile | None = None  # rows added since opening
 
     def __post_init__(self):
         if self._index is None:
@@ -96,9 +101,11 @@ class MapDatabase:
     def __len__(self) -> int:
         return len(self.places)
 
-    def add(self, global_descriptors: np.ndarray, local_grids: np.ndarray,
-            places: list[Place] | None = None) -> list[int]:
-        """Append places in memory; returns their ids. Descriptors (N, D) are re-normalised."""
+    def add(self, global_descriptors: np.ndarray, local_grids: np.ndarray, places: list[Place] | None = None,
+            keypoints: list[Keypoints | None] | None = None, images: list[np.ndarray] | None = None) -> list[int]:
+        """Append places in memory; returns their ids. Descriptors (N, D) are re-normalised. Each place's
+        row of the keypoint layer comes from ``keypoints``, else is described from its RGB frame in
+        ``images``, else is marked absent (its loop closures then skip the two-view check)."""
         g = np.ascontiguousarray(global_descriptors, dtype=np.float32).reshape(-1, self.identity.global_dim)
         loc = np.asarray(local_grids)
         if loc.shape[1:] != self.identity.local_shape or loc.shape[0] != g.shape[0]:
@@ -123,11 +130,44 @@ class MapDatabase:
             ready = not self.codec.compact or self.codec.projection is not None
             self._spill = SpillFile(self.identity.local_shape, self.spill_dir, self.codec if ready else GridCodec())
         self._spill.append(loc)
+        self._append_keypoints(g.shape[0], keypoints, images)
         self.cells.add(loc)
         self._mask = None
         self.places.extend(places)
         self._fit_codec(FIT_PLACES)
         return ids
+
+    def _append_keypoints(self, count: int, keypoints, images) -> None:
+        """Rows of the keypoint layer for ``count`` new places; while the layer holds no row yet, places
+        added without frames do not start it (it then begins at the first place that has one)."""
+        if keypoints is None and images is None and self._keypoint_rows is None and self._keypoint_spill is None:
+            self.keypoints_from += count
+            return
+        if keypoints is None:
+            keypoints = [describe(image) for image in images] if images is not None else [None] * count
+        if len(keypoints) != count:
+            raise MapError(f"{len(keypoints)} keypoint sets for {count} places")
+        if self._keypoint_spill is None:
+            self._keypoint_spill = SpillFile((1,), self.spill_dir, RowCodec())
+        self._keypoint_spill.append(np.stack([encode_row(k) for k in keypoints]))
+
+    @property
+    def has_keypoints(self) -> bool:
+        """Whether any place has a row in the keypoint layer (maps built before it have none)."""
+        return self.keypoints_from < len(self)
+
+    def keypoints(self, place_id: int) -> Keypoints | None:
+        """The place's ORB keypoints, None where the map has none for it (built before the layer)."""
+        row = int(place_id) - self.keypoints_from
+        if row < 0 or place_id >= len(self):
+            return None
+        stored = 0 if self._keypoint_rows is None else self._keypoint_rows.count
+        index = np.array([row if row < stored else row - stored])
+        raw = (self._keypoint_rows if row < stored else self._keypoint_spill).raw(index)[0]
+        try:
+            return decode_row(raw)
+        except ValueError as exc:
+            raise MapError(f"map place {place_id}: its row in {KEYPOINTS} is corrupt ({exc})") from None
 
     def search(self, queries: np.ndarray, k: int,
                exclude_ids: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -212,6 +252,11 @@ class MapDatabase:
         if self._spill is not None:
             self._spill.close()
             self._spill = None
+        self._keypoint_rows = GridFile(target / KEYPOINTS, len(self) - self.keypoints_from, (1,), RowCodec()) \
+            if self.has_keypoints else None
+        if self._keypoint_spill is not None:
+            self._keypoint_spill.close()
+            self._keypoint_spill = None
 
     def _write_files(self, tmp: Path, revision: str) -> None:
         self._index = trained(self._index, self.index_type)
@@ -231,10 +276,14 @@ class MapDatabase:
             for place in self.places:
                 handle.write(json.dumps(place.to_dict()) + "\n")
         self.cells.sums.astype("<f8").tofile(tmp / CELL_SUMS)
-        manifest = {"format": FORMAT, "version": VERSION if self.codec.compact else 1, "model": self.identity.to_dict(),
+        if self.has_keypoints:
+            self._write_keypoints(tmp / KEYPOINTS)
+        version = 3 if self.has_keypoints else 2 if self.codec.compact else 1
+        manifest = {"format": FORMAT, "version": version, "model": self.identity.to_dict(),
                     "num_places": len(self), "index": self.index_type, "build": self.build_info, "revision": revision,
                     "mask": mask_record(self.mask_settings, self.mask),
-                    **({"grids": self.codec.to_dict()} if self.codec.compact else {})}
+                    **({"grids": self.codec.to_dict()} if version > 1 else {}),
+                    **({"keypoints": keypoint_record(self.keypoints_from)} if self.has_keypoints else {})}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
         picture = mask_picture(self.preview, self.mask)
         cv2.imwrite(str(tmp / MASK_PICTURE), cv2.cvtColor(picture, cv2.COLOR_RGB2BGR))
@@ -242,6 +291,14 @@ class MapDatabase:
             if (tmp / name).exists():
                 fsync_file(tmp / name)
         fsync_directory(tmp)
+
+    def _write_keypoints(self, path: Path) -> None:
+        """The keypoint layer: the stored rows, then the added ones, as they are."""
+        with open(path, "wb") as out:
+            for source in (self._keypoint_rows, self._keypoint_spill):
+                count = 0 if source is None else source.count
+                for start in range(0, count, 256):
+                    out.write(source.raw(np.arange(start, min(start + 256, count))).tobytes())
 
     def _write_local(self, path: Path) -> None:
         """The grids in this map's codec: stored rows of the same codec as they are (no second
@@ -292,7 +349,11 @@ class MapDatabase:
         places = read_places(path, num, root)
         cells = read_cells(path, identity.local_shape, num, root)
         local = GridFile(local_file, num, identity.local_shape, codec) if num else None
+        first = manifest["keypoints_from"]
+        keypoint_file = check_keypoint_file(path, root, num, first)
+        rows = GridFile(keypoint_file, num - first, (1,), RowCodec()) if keypoint_file else None
         database = cls(identity, manifest["index"], places, manifest["build"], index, local,
-                       mask_settings=manifest["mask"], _cells=cells, codec=codec)
+                       mask_settings=manifest["mask"], _cells=cells, codec=codec, keypoints_from=first,
+                       _keypoint_rows=rows)
         database._known[str(path.resolve())] = manifest["revision"]
         return database

@@ -15,6 +15,9 @@ Layout of ``MAP/``::
     cells.f64       float64 (C, H, W): the sum of every place's local grid, from which the
                     static-cell mask is learned (``static_mask``; absent in older maps)
     static_mask.png the mask drawn over one of the map's frames (for people; never read)
+    keypoints.orb   each place's ORB keypoints and descriptors (``keypoints``: a row of 18 KB a
+                    place, from place ``first_place`` on; absent in older maps), for the
+                    two-view check of loop closures
 
 The manifest's ``mask`` field holds how the mask is made (threshold, the user's cells, ROI).
 Reading checks every file and field and raises ``MapError`` naming the file and the field
@@ -32,22 +35,25 @@ from ..json_fields import field, numbers
 from ..method.identity import ModelIdentity
 from .codec import COMPACT, FLOAT16, GridCodec
 from .index import INDEX_TYPES, prepared
+from .keypoints import FEATURES, ROW_BYTES
 from .records import Place
 from .static_mask import CellMask, CellStatistics, MaskError, MaskSettings
 
-__all__ = ["ALL_MAP_FILES", "CELL_SUMS", "COMPACT_GRIDS", "FORMAT", "GLOBAL_INDEX", "INDEX_TYPES", "LOCAL_GRIDS",
-           "MANIFEST", "PROJECTION", "codec_from", "grid_file_name", "read_projection",
+__all__ = ["ALL_MAP_FILES", "CELL_SUMS", "COMPACT_GRIDS", "FORMAT", "GLOBAL_INDEX", "INDEX_TYPES", "KEYPOINTS",
+           "LOCAL_GRIDS", "MANIFEST", "PROJECTION", "check_keypoint_file", "codec_from", "grid_file_name",
+           "keypoint_record", "keypoints_from", "read_projection",
            "MAP_FILES", "MASK_PICTURE", "PLACES", "VERSION", "MapError", "check_grid_file", "check_replaceable",
            "is_map", "map_manifest", "mask_record", "mask_settings_from", "model_mismatch", "read_cells", "read_index",
            "read_manifest", "read_places", "revision_of"]
 
 FORMAT = "dhe_vpr_ros.map"
-VERSION = 2  # 1: float16 grids (local.f16); 2: compact grids (local.pq4 + projection.f32, ``codec``)
+VERSION = 3  # 1: float16 grids (local.f16); 2: compact grids (local.pq4 + projection.f32, ``codec``);
+#              3: a keypoint layer (keypoints.orb): written only where a map has one
 MANIFEST, GLOBAL_INDEX, LOCAL_GRIDS, PLACES = "manifest.json", "global.faiss", "local.f16", "places.jsonl"
 COMPACT_GRIDS, PROJECTION = "local.pq4", "projection.f32"
-CELL_SUMS, MASK_PICTURE = "cells.f64", "static_mask.png"
-MAP_FILES = (GLOBAL_INDEX, LOCAL_GRIDS, PLACES, MANIFEST)  # required (format 1); the two below are optional
-ALL_MAP_FILES = (*MAP_FILES, CELL_SUMS, MASK_PICTURE, COMPACT_GRIDS, PROJECTION)
+CELL_SUMS, MASK_PICTURE, KEYPOINTS = "cells.f64", "static_mask.png", "keypoints.orb"
+MAP_FILES = (GLOBAL_INDEX, LOCAL_GRIDS, PLACES, MANIFEST)  # required (format 1); the others are optional
+ALL_MAP_FILES = (*MAP_FILES, CELL_SUMS, MASK_PICTURE, COMPACT_GRIDS, PROJECTION, KEYPOINTS)
 
 
 class MapError(RuntimeError):
@@ -98,10 +104,44 @@ def read_manifest(path: Path, root: Path | None = None) -> dict:
         mask = mask_settings_from(field(manifest, "mask", dict, optional=True), identity.local_shape[1:])
         revision = field(manifest, "revision", str, optional=True) or ""
         codec = codec_from(field(manifest, "grids", dict, optional=True), version, identity.local_shape[0])
+        first_keypoints = keypoints_from(field(manifest, "keypoints", dict, optional=True), num)
     except ValueError as exc:
         raise MapError(f"map manifest {path / MANIFEST}: {exc}") from None
     return {"identity": identity, "num_places": num, "index": index, "build": build, "mask": mask,
-            "revision": revision, "codec": codec}
+            "revision": revision, "codec": codec, "keypoints_from": first_keypoints}
+
+
+def keypoint_record(first_place: int) -> dict:
+    """The manifest's ``keypoints`` field: what the layer holds and from which place on."""
+    return {"detector": "orb", "features": FEATURES, "row_bytes": ROW_BYTES, "first_place": first_place}
+
+
+def keypoints_from(record: dict | None, num: int) -> int:
+    """The first place with a row in the keypoint layer (``num``, i.e. none, for a map without one)."""
+    if record is None:
+        return num
+    detector, features, row_bytes = (field(record, "detector", str), field(record, "features", int),
+                                     field(record, "row_bytes", int))
+    if (detector, features, row_bytes) != ("orb", FEATURES, ROW_BYTES):
+        raise ValueError(f"field 'keypoints' describes {features} {detector} features in rows of {row_bytes} bytes, "
+                         f"not the {FEATURES} orb features in {ROW_BYTES} this version reads")
+    first = field(record, "first_place", int)
+    if not 0 <= first <= num:
+        raise ValueError(f"field 'keypoints' has first_place {first}, not 0 to {num}")
+    return first
+
+
+def check_keypoint_file(path: Path, root: Path, num: int, first: int) -> Path | None:
+    """The keypoint layer's file, checked to hold a row for each place from ``first`` on; None without a layer."""
+    if first == num:
+        return None
+    file = root / KEYPOINTS
+    expected = (num - first) * ROW_BYTES
+    actual = file.stat().st_size if file.is_file() else -1
+    if actual != expected:
+        raise MapError(f"map {path}: {KEYPOINTS} has {max(actual, 0)} bytes, expected {expected} for places "
+                       f"{first} to {num - 1} (truncated or missing file)")
+    return file
 
 
 def codec_from(record: dict | None, version: int, channels: int) -> GridCodec:

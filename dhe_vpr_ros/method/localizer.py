@@ -34,7 +34,8 @@ log = logging.getLogger(__name__)
 class PlaceStore(Protocol):
     """What the Localizer needs of a map (``map.MapDatabase`` is one): the method defines it, the
     map implements it, so the method never imports the map. ``places[i]`` has ``place_id``,
-    ``source``, ``timestamp_ns``, ``pose`` and ``image_size`` (width, height) of its original image."""
+    ``source``, ``timestamp_ns``, ``pose`` and ``image_size`` (width, height) of its original image;
+    ``add`` may keep more of each place's RGB frame (``images``) than the method needs."""
 
     places: list
     preview: np.ndarray | None
@@ -47,7 +48,8 @@ class PlaceStore(Protocol):
 
     def usable_cells(self) -> np.ndarray | None: ...
 
-    def add(self, global_descriptors: np.ndarray, local_grids: np.ndarray, places: list) -> list[int]: ...
+    def add(self, global_descriptors: np.ndarray, local_grids: np.ndarray, places: list,
+            images: list | None = None) -> list[int]: ...
 
 
 def normalise(images: torch.Tensor, model: VPRModel) -> torch.Tensor:
@@ -175,7 +177,7 @@ class Localizer:
             place.image_size = image_size(img)
         if self.database.preview is None and len(images):  # what static_mask.png is drawn over: the
             self.database.preview = np.ascontiguousarray(max(images, key=lambda im: float(np.std(im))))  # clearest
-        return self.database.add(global_, local.half().cpu().numpy(), list(places))
+        return self.database.add(global_, local.half().cpu().numpy(), list(places), images=list(images))
 
     # -- querying --------------------------------------------------------------------------
     def query(self, image: np.ndarray, reranker: str | None = None, top_k: int | None = None,

@@ -46,6 +46,8 @@ def diagnostics_message(stats: NodeStats, slots, recognizer, device: str, rerank
         "frames_dropped": slots.dropped, "bad_messages": stats.bad, "processing_errors": stats.errors,
         "latency_ms_p50": stats.percentile(0.5), "latency_ms_p95": stats.percentile(0.95),
         "frames_verified": stats.verified, "loop_closures": stats.loop_closures,
+        "loop_closures_refused_two_view": recognizer.refused_by_two_view,
+        "loop_closures_unchecked_two_view": recognizer.unchecked,
         "map_places": len(recognizer), "keyframes_added": recognizer.keyframes_added, "map_full": recognizer.map_full,
         "device": device, "reranker": reranker, "last_error": stats.last_error,
     }

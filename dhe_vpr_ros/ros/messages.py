@@ -19,10 +19,11 @@ __all__ = ["DEBUG_QOS", "MATCH_LAYOUT", "MATCH_SIZE", "RESULTS_QOS", "image_qos"
            "stamp_ns", "stamp_sec", "top_k_message"]
 
 # ~/match: the 14 values the issue lists, 3 that make the homography usable on its own, then the
-# sequence verification of the frame (appended; the first 17 never move)
+# sequence verification of the frame and the two-view check's inliers (-1: not checked; appended:
+# what came before never moves)
 MATCH_LAYOUT = ("query_stamp_sec,place_id,score,global_similarity,map_stamp_sec,h00,h01,h02,h10,h11,h12,"
                 "h20,h21,h22,map_image_width,map_image_height,latency_ms,"
-                "verified,sequence_place_id,sequence_score,sequence_agreeing,distinctiveness")
+                "verified,sequence_place_id,sequence_score,sequence_agreeing,distinctiveness,two_view_inliers")
 MATCH_SIZE = MATCH_LAYOUT.count(",") + 1
 RESULTS_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)  # every output but debug
 DEBUG_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE)  # large: keep one
@@ -66,7 +67,8 @@ def match_message(recognition, query_sec: float, latency_ms: float) -> Float64Mu
     match.data = [query_sec, float(best.place_id), best.score, best.global_similarity, map_sec,
                   *[float(v) for v in best.homography.reshape(-1)], float(map_w), float(map_h), latency_ms,
                   float(recognition.accepted), float(verdict.place_id), verdict.score, float(verdict.agreeing),
-                  verdict.distinctiveness]
+                  verdict.distinctiveness,
+                  float(-1 if recognition.two_view_inliers is None else recognition.two_view_inliers)]
     return match
 
 

@@ -96,7 +96,7 @@ class VprNode(LifecycleNode):
                              runtime=p["runtime"], onnx=p["onnx_dir"] or None,
                              reranker=p["reranker"], top_k=p["top_k"],
                              refine_rounds=p["refine_rounds"], regressor_candidates=p["regressor_candidates"])
-        self.recognizer = PlaceRecognizer(loc, LoopPolicy.from_mapping(p))
+        self.recognizer = PlaceRecognizer(loc, LoopPolicy.from_mapping(p), logger=LoggerAdapter(self.get_logger()))
         self.device = str(loc.device)
         self.slots = FrameSlots()
         self.pub_match = self.create_lifecycle_publisher(Float64MultiArray, "~/match", RESULTS_QOS)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..image_conversion import MAX_PIXELS
-from ..loop.policy import AUTO, CALIBRATED_MIN_SCORE, MAX_GUIDED, LoopPolicy
+from ..loop.policy import AUTO, CALIBRATED_MIN_SCORE, MAX_GUIDED, VERIFY_FEATURES, LoopPolicy
 from ..loop.sequence import SequenceSettings
 from ..map.format import is_map
 from ..method.rerank import DEFAULT_REFINE_ROUNDS, DEFAULT_REGRESSED, MAX_REFINE_ROUNDS, RERANKERS
@@ -89,6 +89,11 @@ PARAMETERS: dict[str, ParamSpec] = {
     "sequence_guided": ParamSpec(_POLICY.sequence_guided, "places the strongest sequence lines predict for the "
                                  "next frame, re-ranked with its candidates when retrieval missed them (0: off)",
                                  True, (0, MAX_GUIDED)),
+    "verify_min_inliers": ParamSpec(_POLICY.verify_min_inliers, "two-view check of the place about to be published: "
+                                    "ORB matches consistent with one fundamental matrix it needs (0: off; maps "
+                                    "built before the keypoint layer skip it, said once)", True, (0, 100000)),
+    "verify_features": ParamSpec(_POLICY.verify_features, "ORB features detected in a frame for the two-view check "
+                                 "(the map keeps up to 500 a place)", True, VERIFY_FEATURES),
     "min_time_gap_sec": ParamSpec(_POLICY.min_time_gap_sec, "ignore map places closer in time than this to the "
                                                             "query", True, (0.0, 1e9)),
     "publish_debug_image": ParamSpec(False, "publish ~/debug_image (query beside match, inliers, outline)", True),
