@@ -1,234 +1,196 @@
 #!/usr/bin/env python3
 # Copyright 2026 dhe_vpr_ros maintainers
 # SPDX-License-Identifier: Apache-2.0
-r"""How the node's loop-closure defaults are chosen so that they transfer: leave one run out.
+r"""How the node's loop-closure defaults are chosen so that they transfer: leave one run out, over folds.
 
-``calibrate`` tunes one user's run for one target; the package's defaults must hold on runs
-nobody tuned them for. So this script records several labelled runs (reference / query folder
-pairs from ``benchmarks/sequences.py``, frame i at place i, +-2 frames right) once, then for each
-run in turn chooses the settings on ALL THE OTHERS and measures them on it (the fold table is
-what a new user can expect), then chooses on all runs the same way, and prints what the node's
-current defaults do on every run. A choice replaces the node's defaults only when the fold table
-holds (every held-out run precise, no far loop closure): see doc/loop_closure.md.
+``calibrate`` tunes one user's run for one target; the package's defaults must hold on runs nobody
+tuned them for. The folds (``benchmarks/folds.py``) play four real runs the ways a robot meets them:
+revisits across conditions (GardensPoint and Nordland: thumbnails, they bind precision and far only),
+the same route from a shifted viewpoint and a stereo pair's other camera (KITTI 07, EuRoC: camera
+resolution, their recall is the objective), a run that never returns (KITTI 07 through the online
+node), every run's frames against every other run's map, and each run played as one drive that
+returns. Every fold is recorded once (the node's top 16 places of every frame, each re-ranker's scores
+of them, and their two-view inliers with the frame) and cached in ``--cache``.
 
-Choosing on a set of runs (``dhe_vpr_ros.loop.transfer``): over a grid of sequence settings (length,
-agreeing frames, distinctiveness ratio and neighbourhood) and every score threshold, keep the settings
-under which every run has no loop closure more than 5 frames off and precision >= ``--precision``
-(0.95; not 1.0: demanding every calibration run be perfect imports the worst aliasing of each into
-all environments), then the highest worst-run recall over the runs the model recognises.
+Four families of settings (issue 32): (i) today's verification (sequence, distinctiveness ratio and
+score threshold), (ii) sequence and threshold without the distinctiveness gate, (iii) (ii) with the
+two-view check, (iv) a single frame with the two-view check. For each family and each run, the
+settings are chosen on the folds that do not use that run (``dhe_vpr_ros.loop.transfer``: no loop
+closure more than 5 frames off and precision >= ``--precision`` on every fold, none at all on the
+folds that must stay silent, then the highest worst recall over the camera-resolution revisit folds)
+and measured on the folds that do: the fold table is what a new user can expect. The winner is the
+family whose every held-out fold holds, with the highest worst held-out camera-resolution recall; its
+choice on all folds becomes the defaults, and each other re-ranker's threshold is chosen under them.
 
-Each run is recorded once (the first 32 retrieved places of every query frame and every
-re-ranker's score for each) and cached in ``--cache`` (``NAME.npz``); later calls replay the
-cache. The per-re-ranker thresholds (``CALIBRATED_MIN_SCORE``) are chosen on all runs with the
-sequence settings chosen for dhe.
+    python benchmarks/sequences.py --out seq --cohog ... --seqslam ... --kitti ... --kimera ...
+    python benchmarks/calibrate_defaults.py --seq seq --cache /tmp/folds
 
-    python benchmarks/calibrate_defaults.py --cache /tmp/cal \\
-        --run gardens=seq/gardens --run nordland=seq/nordland --run gardens_overlay=seq/gardens_overlay
-
-Prints the fold table, the choice on all runs, and ``name=value`` lines.
+Prints the fold tables, the choice, what the node's current defaults do on every fold, and ``name=value``
+lines.
 """
 from __future__ import annotations
 
 import argparse
 import itertools
+import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
-import torch
-from tqdm import tqdm
 
-from dhe_vpr_ros.map.sources import folder_frames
-from dhe_vpr_ros.loop.evaluation import FAR_FRAMES, Ranked, sequence_answers
-from dhe_vpr_ros.loop.groundtruth import LabelledRun
-from dhe_vpr_ros.method.identity import model_identity
-from dhe_vpr_ros.method.localizer import Localizer
-from dhe_vpr_ros.map.database import MapDatabase
-from dhe_vpr_ros.map.records import Place
-from dhe_vpr_ros.method.rerank import MIN_VERIFIED_INLIERS, RERANKERS, _order, _verified_order
-from dhe_vpr_ros.loop.policy import CALIBRATED_MIN_SCORE, LoopPolicy
-from dhe_vpr_ros.loop.transfer import choose, leave_one_run_out, run_figures
-from dhe_vpr_ros.runtime.loading import load_model
-from dhe_vpr_ros.runtime.threads import ThreadGovernor, configure_threads
-from dhe_vpr_ros.loop.sequence import SequenceSettings
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import folds as F  # noqa: E402
 
-TOLERANCE = 2
-DEPTH = 32  # retrieved and recorded per query; the node re-ranks its top_k of them
+from dhe_vpr_ros.loop.policy import CALIBRATED_MIN_SCORE, LoopPolicy  # noqa: E402
+from dhe_vpr_ros.loop.sequence import SequenceSettings  # noqa: E402
+from dhe_vpr_ros.loop.transfer import choose, leave_one_run_out, run_figures  # noqa: E402
 
-
-def record(folder: Path, rerankers, limit: int | None) -> dict:
-    """Retrieval ids/similarities and each re-ranker's per-candidate scores, query by query."""
-    configure_threads()  # as every command: threads from the free cores (a busy neighbour costs 10x otherwise)
-    governor = ThreadGovernor()
-    torch.set_grad_enabled(False)
-    model, _ = load_model(None)
-    loc = Localizer(model, MapDatabase(model_identity(model)), "cpu", "none", top_k=DEPTH)
-    refs = folder_frames(folder / "reference")
-    for start in range(0, len(refs), 32):
-        batch = [f.load() for f in refs[start:start + 32]]
-        loc.add_images(batch, [Place(-1, f"ref-{start + i}") for i in range(len(batch))])
-    out = {"ids": [], "sims": [], **{r: [] for r in rerankers}}
-    for frame in tqdm(folder_frames(folder / "queries")[:limit], desc=f"recording {folder.name}", unit="frame"):
-        governor.adjust()
-        image = frame.load()
-        local, global_ = loc.embed([image])
-        sims, ids = loc.retrieve(global_[0], DEPTH)
-        out["ids"].append(ids)
-        out["sims"].append(sims)
-        for name in rerankers:
-            result = loc.rank(local[0], global_[0], (image.shape[1], image.shape[0]), name, DEPTH,
-                              retrieved=(sims, ids))
-            by_id = {c.place_id: c.score for c in result.candidates}
-            out[name].append([by_id.get(int(p), np.nan) for p in ids])
-    return {k: np.array(v) for k, v in out.items()}
-
-
-def cached(cache: Path, name: str, folder: Path, rerankers, limit) -> dict:
-    """The run's recording: the cache file if there is one (a re-ranker it lacks is judged on the
-    other runs only), else recorded now for every re-ranker and cached."""
-    path = cache / f"{name}.npz"
-    if path.is_file():
-        return dict(np.load(path))
-    data = record(folder, [r for r in rerankers if r != "none"], limit)
-    cache.mkdir(parents=True, exist_ok=True)
-    np.savez(path, **data)
-    return data
-
-
-def frames_of(data: dict, reranker: str, top_k: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Each query's re-ranked candidates as the node has them (its top_k, in the re-ranker's order)."""
-    ids, sims = data["ids"][:, :top_k], data["sims"][:, :top_k]
-    scores = sims if reranker == "none" else data[reranker][:, :top_k]
-    out = []
-    for i in range(len(ids)):
-        s = torch.from_numpy(np.nan_to_num(scores[i], nan=-1.0))
-        order = (_verified_order(s, MIN_VERIFIED_INLIERS) if reranker == "dhe" else _order(s)).numpy()
-        out.append((ids[i][order], scores[i][order]))
-    return out
-
-
-def verdicts(frames, settings: SequenceSettings) -> np.ndarray:
-    """(Q, 3): sequence score where the frames agree and the place stands out (-inf elsewhere),
-    right (within +-2 frames), far (more than 5 frames off): evaluate's own judgement."""
-    positives = [np.arange(max(0, q - TOLERANCE), q + TOLERANCE + 1) for q in range(len(frames))]
-    run = LabelledRun("calibration", [], [], positives, TOLERANCE)
-    policy = LoopPolicy(sequence_length=settings.length, sequence_tolerance=settings.tolerance,
-                        sequence_max_speed=settings.max_speed, sequence_min_agreeing=settings.min_agreeing,
-                        min_distinctiveness=settings.min_distinctiveness,
-                        distinctiveness_neighbourhood=settings.neighbourhood)
-    answers = sequence_answers(run, [Ranked(ids, scores) for ids, scores in frames], policy, "dhe")
-    return np.stack([answers.scores, answers.correct, answers.errors > FAR_FRAMES], axis=1).astype(np.float64)
-
-
-def single_frame_recall(data: dict, reranker: str, top_k: int) -> float:
-    """Recall@1 of the run's single-frame answers (the re-ranker's first place within +-2 frames)."""
-    frames = frames_of(data, reranker, top_k)
-    return float(np.mean([abs(int(ids[0]) - q) <= TOLERANCE for q, (ids, _) in enumerate(frames)]))
-
-
+INLIERS = (40, 30, 25, 20, 15, 10, 0)  # two-view minimums tried (stricter first: ties go to the earlier)
 FAMILIES = {
-    "both": "inlier threshold and distinctiveness ratio",
-    "inliers": "the raw inlier count alone (ratio off)",
-    "ratio": "the distinctiveness ratio alone (scale-free: the best against its rivals outside the neighbourhood)",
+    "i": ("today's verification: sequence, distinctiveness ratio, threshold", lambda g, m: m == 0),
+    "ii": ("sequence and threshold, no distinctiveness gate",
+           lambda g, m: m == 0 and g.min_distinctiveness == 1.0 and g.length >= 2),
+    "iii": ("(ii) + the two-view check", lambda g, m: m > 0 and g.min_distinctiveness == 1.0 and g.length >= 2),
+    "iv": ("single frame + the two-view check", lambda g, m: m > 0 and g.length == 1 and g.min_distinctiveness == 1.0),
 }
 
 
-def fold_table(rows: dict, recalls: dict, grid: list, precision: float, family: str) -> dict:
-    """Leave one run out with the scores of ``family``: print each held-out run's figures under the
-    settings chosen on the others; returns name=value lines."""
-    subset = [i for i, g in enumerate(grid) if family != "inliers" or g.min_distinctiveness == 1.0]
-    if family == "ratio":
-        subset = [i for i in subset if grid[i].min_distinctiveness > 1.0]
-    rows = {n: {i: r[i] for i in subset} for n, r in rows.items()}
-    print(f"\n{FAMILIES[family]}:")
-    print(f"{'held out':<18}{'chosen on the others':<52}{'precision':>10}{'recall':>8}{'far':>5}{'loops':>7}")
-    lines = {}
-    for fold in leave_one_run_out(rows, recalls, precision, lowest_threshold_only=family == "ratio"):
-        if fold.choice is None:
-            print(f"{fold.held_out:<18}(no setting keeps the others precise)")
+def sequence_grid() -> list[SequenceSettings]:
+    """Sequence settings, cheapest first (a window of 1 frame, then longer; the ratio off, then stricter)."""
+    out = []
+    for n, a, d, r in itertools.product((1, 2, 3, 4, 5, 6), (1, 2, 3), (1.0, 1.25, 1.5, 2.0, 2.5), (4, 6, 10)):
+        if a > n or d == 1.0 and r != 6:
             continue
-        f = fold.figures
-        print(f"{fold.held_out:<18}{describe(grid[fold.choice.setting], fold.choice.threshold):<52}"
-              f"{f.precision:>10.3f}{f.recall:>8.3f}{f.far:>5}{f.loops:>7}")
-        for key in ("precision", "recall", "far"):
-            lines[f"{family}_fold_{fold.held_out}_{key}"] = round(getattr(f, key), 3)
-    return lines
+        out.append(SequenceSettings(length=n, min_agreeing=a, min_distinctiveness=d, neighbourhood=r))
+    return out
 
 
-def shipped(rows: dict, recalls: dict, grid: list, data: dict, rerankers: list, args) -> dict:
-    """The candidate defaults, chosen on every run; each re-ranker's threshold under dhe's sequence settings."""
-    best = choose(rows, recalls, args.precision)
-    if best is None:
-        raise SystemExit("no setting keeps every run precise: nothing to ship")
-    threshold, i = best.threshold, best.setting
-    settings = grid[i]
-    print(f"\nchosen on all runs ({FAMILIES['both']}): {describe(settings, threshold)}")
-    for n in rows:
-        f = run_figures(rows[n][i], threshold)
-        print(f"  {n:<16} precision {f.precision:.3f} recall {f.recall:.3f} far {f.far}")
-    lines = {"sequence_length": settings.length, "sequence_min_agreeing": settings.min_agreeing,
-             "min_distinctiveness": settings.min_distinctiveness,
-             "distinctiveness_neighbourhood": settings.neighbourhood, "min_score_dhe": round(threshold, 3)}
-    for reranker in (r for r in rerankers if r != "dhe"):
-        available = {n: d for n, d in data.items() if reranker == "none" or reranker in d}
-        runs = {n: {0: verdicts(frames_of(d, reranker, args.top_k), settings)} for n, d in available.items()}
-        found = choose(runs, {n: single_frame_recall(d, reranker, args.top_k) for n, d in available.items()},
-                       args.precision)
-        lines[f"min_score_{reranker}"] = round(found.threshold, 3) if found else "never"
-        print(f"  {reranker}: min_score {lines[f'min_score_{reranker}']}")
-    return lines
+class Tables(Mapping):
+    """One fold's verdict tables for the settings ``keys`` ((sequence index, two-view minimum) pairs of
+    ``settings``), computed when asked for; the sequence verification of each setting runs once."""
+
+    def __init__(self, fold: F.Fold, data: dict, frames, grid, settings, keys, memo: dict):
+        self.fold, self.data, self.frames, self.grid = fold, data, frames, grid
+        self.settings, self.keys, self.memo = settings, keys, memo
+
+    def __iter__(self):
+        return iter(self.keys)
+
+    def __len__(self):
+        return len(self.keys)
+
+    def __getitem__(self, key: int) -> np.ndarray:
+        g, m = self.settings[key]
+        if g not in self.memo:
+            self.memo[g] = F.sequence_verdicts(self.frames, self.grid[g])
+        return F.verdict_table(self.fold, self.data, self.memo[g], m)
 
 
-def node_defaults(data: dict, top_k: int) -> dict:
-    """What the node's defaults as shipped (``SequenceSettings()``, the calibrated dhe threshold) do on
-    every run: the figures to compare a new choice with before it replaces them."""
-    settings, threshold = SequenceSettings(), CALIBRATED_MIN_SCORE["dhe"]
-    print(f"\nthe node's defaults now: {describe(settings, threshold)}")
+def describe(g: SequenceSettings, m: int, threshold: float) -> str:
+    ratio = f"ratio {g.min_distinctiveness:g} +-{g.neighbourhood}" if g.min_distinctiveness > 1 else "no ratio"
+    return (f"length {g.length}, agreeing {g.min_agreeing}, {ratio}, "
+            f"{f'two-view >= {m}' if m else 'no two-view'}, min_score {threshold:.1f}")
+
+
+def tables_for(folds, data, reranker: str, grid, settings, keys, memos) -> dict:
+    return {f.name: Tables(f, data[f.name], F.node_frames(data[f.name], reranker), grid, settings, keys,
+                           memos.setdefault((f.name, reranker), {})) for f in folds}
+
+
+def family_table(name: str, folds, runs: dict, grid, settings, precision: float) -> dict:
+    """Leave one run out within one family: print each held-out fold's figures; returns a summary."""
+    specs = {f.name: f.spec for f in folds}
+    camera = {f.name for f in folds if f.spec.objective}
+    print(f"\n({name}) {FAMILIES[name][0]}")
+    print(f"{'held out':<10}{'fold':<30}{'kind':<18}{'precision':>10}{'recall':>8}{'far':>5}{'loops':>7}")
+    holds, worst, lines = True, 1.0, {}
+    for fold in leave_one_run_out(runs, specs, precision):
+        if fold.choice is None:
+            print(f"{fold.held_out:<10}(no setting keeps the other runs' folds precise)")
+            holds, worst = False, 0.0
+            continue
+        g, m = settings[fold.choice.setting]
+        print(f"{fold.held_out:<10}chosen on the others: {describe(grid[g], m, fold.choice.threshold)}")
+        for fname, f in fold.figures.items():
+            kind = F.describe_fold(next(x for x in folds if x.name == fname))
+            ok = f.far == 0 and f.precision >= precision
+            holds &= ok
+            if fname in camera:
+                worst = min(worst, f.recall)
+            print(f"{'':<10}{fname:<30}{kind:<18}{f.precision:>10.3f}{f.recall:>8.3f}{f.far:>5}{f.loops:>7}"
+                  f"{'' if ok else '  FAILS'}")
+            key = f"{name}_{fold.held_out}_{fname.replace(':', '_')}"
+            lines.update({f"{key}_precision": round(f.precision, 3), f"{key}_recall": round(f.recall, 3),
+                          f"{key}_far": f.far})
+    print(f"every held-out fold holds: {'yes' if holds else 'no'}; worst held-out camera-resolution recall "
+          f"{worst:.3f}")
+    return {"holds": holds, "worst": worst, "lines": lines}
+
+
+def figures_on_all(folds, runs: dict, key: int, threshold: float, title: str) -> dict:
+    print(f"\n{title}")
     lines = {}
-    for n, d in data.items():
-        f = run_figures(verdicts(frames_of(d, "dhe", top_k), settings), threshold)
-        print(f"  {n:<16} precision {f.precision:.3f} recall {f.recall:.3f} far {f.far} loops {f.loops}")
-        lines.update({f"now_{n}_precision": round(f.precision, 3), f"now_{n}_recall": round(f.recall, 3),
-                      f"now_{n}_far": f.far})
+    for f in folds:
+        fig = run_figures(runs[f.name][key], threshold)
+        print(f"  {f.name:<30}{F.describe_fold(f):<18}precision {fig.precision:.3f} recall {fig.recall:.3f} "
+              f"far {fig.far} loops {fig.loops}")
+        lines.update({f"{f.name.replace(':', '_')}_precision": round(fig.precision, 3),
+                      f"{f.name.replace(':', '_')}_recall": round(fig.recall, 3)})
     return lines
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--run", action="append", required=True, metavar="NAME=FOLDER[:LIMIT]",
-                        help="a folder with reference/ and queries/ (LIMIT: first N queries)")
-    parser.add_argument("--cache", type=Path, required=True)
-    parser.add_argument("--rerankers", default=",".join(RERANKERS))
-    parser.add_argument("--top-k", type=int, default=16, help="the node's top_k")
+    parser.add_argument("--seq", type=Path, required=True, help="the folder benchmarks/sequences.py wrote")
+    parser.add_argument("--cache", type=Path, required=True, help="recordings of the folds (NAME.npz)")
     parser.add_argument("--precision", type=float, default=0.95)
-    parser.add_argument("--families", default="both,inliers,ratio",
-                        help=f"fold tables for these score families ({', '.join(FAMILIES)}); the defaults use 'both'")
+    parser.add_argument("--nordland", type=int, default=1000, help="Nordland frames used (its first N)")
+    parser.add_argument("--families", default=",".join(FAMILIES))
     args = parser.parse_args()
-    rerankers = args.rerankers.split(",")
-    data = {}
-    for spec in args.run:
-        name, rest = spec.split("=", 1)
-        folder, _, limit = rest.partition(":")
-        data[name] = cached(args.cache, name, Path(folder), rerankers, int(limit) if limit else None)
-    grid = [SequenceSettings(length=n, min_agreeing=min(a, n), min_distinctiveness=d, neighbourhood=r)
-            for n, a, d, r in itertools.product((1, 2, 3, 4, 5, 6), (1, 2, 3), (1.0, 1.25, 1.5, 2.0, 2.5), (4, 6, 10))
-            if a <= n or a == 1]
-    dhe = {n: d for n, d in data.items() if "dhe" in d}
-    recalls = {n: single_frame_recall(d, "dhe", args.top_k) for n, d in dhe.items()}
-    rows = {n: {i: verdicts(frames_of(d, "dhe", args.top_k), g) for i, g in enumerate(grid)} for n, d in dhe.items()}
-    print(f"{len(grid)} sequence settings x every threshold; single-frame Recall@1 (dhe): "
-          + ", ".join(f"{n} {r:.3f}" for n, r in recalls.items()))
-    lines = {}
-    if len(rows) > 1:
-        for family in args.families.split(","):
-            lines.update(fold_table(rows, recalls, grid, args.precision, family))
-    lines.update(shipped(rows, recalls, grid, data, rerankers, args))
-    lines.update(node_defaults(dhe, args.top_k))
+    folds = F.folds(args.seq, nordland=args.nordland)
+    recorder = []
+    data = {f.name: F.cached(lambda: recorder[0] if recorder else recorder.append(F.Recorder()) or recorder[0], f,
+                             args.cache) for f in folds}
+    grid = sequence_grid()
+    settings = [(g, m) for g in range(len(grid)) for m in INLIERS]
+    memos: dict = {}
+    print(f"{len(folds)} folds, {len(grid)} sequence settings x {len(INLIERS)} two-view minimums x every threshold")
+    results, lines = {}, {}
+    for name in args.families.split(","):
+        keys = [i for i, (g, m) in enumerate(settings) if FAMILIES[name][1](grid[g], m)]
+        runs = tables_for(folds, data, "dhe", grid, settings, keys, memos)
+        results[name] = family_table(name, folds, runs, grid, settings, args.precision)
+        lines.update(results[name]["lines"])
+        lines[f"{name}_holds"], lines[f"{name}_worst_camera_recall"] = results[name]["holds"], \
+            round(results[name]["worst"], 3)
+    winner = max((n for n in results if results[n]["holds"]), key=lambda n: results[n]["worst"], default=None)
+    specs = {f.name: f.spec for f in folds}
+    if winner is not None:
+        keys = [i for i, (g, m) in enumerate(settings) if FAMILIES[winner][1](grid[g], m)]
+        runs = tables_for(folds, data, "dhe", grid, settings, keys, memos)
+        best = choose(runs, specs, args.precision)
+        g, m = settings[best.setting]
+        print(f"\nwinner: ({winner}); chosen on every fold: {describe(grid[g], m, best.threshold)}")
+        figures_on_all(folds, runs, best.setting, best.threshold, "the winner's choice on every fold:")
+        lines.update({"winner": winner, "sequence_length": grid[g].length,
+                      "sequence_min_agreeing": grid[g].min_agreeing,
+                      "min_distinctiveness": grid[g].min_distinctiveness,
+                      "distinctiveness_neighbourhood": grid[g].neighbourhood, "verify_min_inliers": m,
+                      "min_score_dhe": round(best.threshold, 3)})
+        for reranker in ("ransac", "magsac"):
+            other = tables_for(folds, data, reranker, grid, settings, [best.setting], memos)
+            found = choose(other, specs, args.precision)
+            lines[f"min_score_{reranker}"] = round(found.threshold, 3) if found else "never"
+            print(f"  {reranker} under these settings: min_score {lines[f'min_score_{reranker}']}"
+                  + (f" (worst camera-resolution recall {found.worst_recall:.3f})" if found else ""))
+    now = LoopPolicy()
+    g_now = next((i for i, g in enumerate(grid) if g == now.sequence()), None)
+    if g_now is not None:
+        key = settings.index((g_now, 0 if now.verify_min_inliers == 0 else now.verify_min_inliers))
+        runs = tables_for(folds, data, "dhe", grid, settings, [key], memos)
+        title = describe(grid[g_now], now.verify_min_inliers, CALIBRATED_MIN_SCORE["dhe"])
+        figures_on_all(folds, runs, key, CALIBRATED_MIN_SCORE["dhe"], f"the node's defaults now: {title}")
     print(" ".join(f"{k}={v}" for k, v in lines.items()))
-
-
-def describe(g: SequenceSettings, threshold: float) -> str:
-    return (f"length {g.length}, agreeing {g.min_agreeing}, ratio {g.min_distinctiveness:g} +-{g.neighbourhood}, "
-            f"min_score {threshold:.1f}")
 
 
 if __name__ == "__main__":

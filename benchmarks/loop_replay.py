@@ -25,6 +25,11 @@ it with its own keyframes (``add_keyframes``); frame i of the second half revisi
 first. A loop closure of a second-half frame to a first-half keyframe within +-2 frames is right;
 any other (in the first half, or to the second half's own keyframes) is wrong.
 
+``--fold NAME --seq DIR``: one fold of ``benchmarks/folds.py`` (the folds the defaults are chosen on:
+revisits, shifted views, stereo, a run that never returns, another run's map, one drive that returns),
+played as the fold says (a prebuilt map from ``build-map --bag``, or one drive with the fold's stamps
+through an empty map grown with keyframes) and judged with its truth.
+
 Situations a robot meets: ``--map-frames A:B`` (the map holds reference frames A..B-1 only:
 frames beyond it must close no loop; frames within 8 of its ends are reported apart),
 ``--step N`` (every Nth query frame), ``--still A:B:N`` (frames A..B-1 published N times each:
@@ -109,8 +114,10 @@ def read_images(folder: Path) -> list[np.ndarray]:
     return [f.load() for f in folder_frames(folder)]
 
 
-def replay(args, work: Path, queries: list[np.ndarray], plan: list[int]) -> tuple[dict, list, list]:
-    """Publish the planned query frames to the node; returns (answers by publish index, loop closures, latencies)."""
+def replay(args, work: Path, queries: list[np.ndarray], plan: list[int],
+           stamps: list[float] | None = None) -> tuple[dict, list, list]:
+    """Publish the planned query frames to the node (message n stamped ``stamps[n]``, default one a
+    ``--period`` from QUERY_T0); returns (answers by publish index, loop closures, latencies)."""
     import rclpy
     from rclpy.qos import QoSProfile, ReliabilityPolicy
     from sensor_msgs.msg import Image
@@ -119,6 +126,7 @@ def replay(args, work: Path, queries: list[np.ndarray], plan: list[int]) -> tupl
     from dhe_vpr_ros.ros.demo_client import stop_node
     from dhe_vpr_ros.image_conversion import rgb_to_fields
 
+    stamps = stamps or [QUERY_T0 + n * args.period for n in range(len(plan))]
     params = {"map_path": "" if args.online else str(work / "map"), "image_topics": [IMAGE_TOPIC],
               "image_qos_reliability": "reliable", **({"add_keyframes": True} if args.online else {})}
     for item in args.set:
@@ -146,7 +154,7 @@ def replay(args, work: Path, queries: list[np.ndarray], plan: list[int]) -> tupl
             if node.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"vpr_node did not come up:\n{(work / 'node.log').read_text()[-3000:]}")
         for n, i in enumerate(plan):
-            stamp = QUERY_T0 + n * args.period
+            stamp = stamps[n]
             msg = Image(**rgb_to_fields(queries[i], "rgb8"))
             msg.header.stamp.sec, msg.header.stamp.nanosec = int(stamp), int(round((stamp % 1) * 1e9))
             msg.header.frame_id = "camera"
@@ -154,7 +162,7 @@ def replay(args, work: Path, queries: list[np.ndarray], plan: list[int]) -> tupl
             pub.publish(msg)
             key = round(stamp, 3)
             # online, a frame with no keyframe older than the time gap has no candidate and no answer
-            quiet = args.online and n * args.period <= params.get("min_time_gap_sec", 30.0) + args.period
+            quiet = args.online and stamp - stamps[0] <= params.get("min_time_gap_sec", 30.0) + args.period
             end = sent + (args.quiet_wait if quiet else args.timeout)
             while key not in matches and time.monotonic() < end and node.poll() is None:
                 rclpy.spin_once(probe, timeout_sec=0.01)
@@ -170,8 +178,7 @@ def replay(args, work: Path, queries: list[np.ndarray], plan: list[int]) -> tupl
         node_log.close()
         probe.destroy_node()
         rclpy.try_shutdown()
-    answers = {n: matches[round(QUERY_T0 + n * args.period, 3)][1] for n in range(len(plan))
-               if round(QUERY_T0 + n * args.period, 3) in matches}
+    answers = {n: matches[round(stamps[n], 3)][1] for n in range(len(plan)) if round(stamps[n], 3) in matches}
     return answers, loops, latencies
 
 
@@ -279,10 +286,69 @@ def main_online(args, name: str, reference, queries) -> None:
         shutil.rmtree(work, ignore_errors=True)
 
 
+def main_fold(args) -> None:
+    """``--fold``: one fold of ``benchmarks/folds.py`` through the node, judged with the fold's truth."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import folds as F
+    fold = next((f for f in F.folds(args.seq, nordland=args.nordland) if f.name == args.fold), None)
+    if fold is None:
+        raise SystemExit(f"no fold {args.fold!r} under {args.seq} (benchmarks/folds.py --seq lists them)")
+    work = Path(tempfile.mkdtemp(prefix="loop_replay-")) if args.keep is None else args.keep
+    work.mkdir(parents=True, exist_ok=True)
+    start = time.monotonic()
+    if fold.online:
+        args.online = True
+        args.set = [f"min_time_gap_sec={fold.gap_sec}", f"keyframe_min_interval_sec={fold.interval_sec}", *args.set]
+        frames = [read_image_file(p) for p in fold.drive]
+        stamps = [QUERY_T0 + s - fold.stamps[0] for s in fold.stamps]
+        args.period = float(np.median(np.diff(stamps))) if len(stamps) > 1 else args.period
+        answers, loops, _ = replay(args, work, frames, list(range(len(frames))), stamps)
+        by_stamp = {round(s, 3): i for i, s in enumerate(stamps)}
+        pairs = [(by_stamp[round(q, 3)], by_stamp[round(m, 3)]) for q, m in loops]
+        has = fold.first <= np.arange(len(frames)) if fold.truth == "one_drive" else np.zeros(len(frames), bool)
+    else:
+        reference = read_images(fold.reference)[:fold.map_limit]
+        queries = read_images(fold.queries)[:fold.query_limit]
+        write_bag(work / "reference_bag", reference, list(range(len(reference))), REFERENCE_T0, args.period,
+                  args.spacing)
+        subprocess.run([sys.executable, "-m", "dhe_vpr_ros", "build-map", "--bag", str(work / "reference_bag"),
+                        "--topic", IMAGE_TOPIC, "--pose-topic", ODOM_TOPIC, "-o", str(work / "map"),
+                        *(["--static-threshold", "1"] if fold.static else [])], check=True)
+        answers, loops, _ = replay(args, work, queries, list(range(len(queries))))
+        pairs = [(int(round((q - QUERY_T0) / args.period)), int(round((m - REFERENCE_T0) / args.period)))
+                 for q, m in loops]
+        has = np.ones(len(queries), bool) if fold.truth in ("tolerance", "static") else np.zeros(len(queries), bool)
+    q = np.array([a for a, _ in pairs], np.int64)
+    p = np.array([b for _, b in pairs], np.int64)
+    right, far = F.truth(fold, q, p) if pairs else (np.zeros(0, bool), np.zeros(0, bool))
+    loops_n, right_n = len(pairs), int(right.sum())
+    precision = right_n / loops_n if loops_n else 1.0
+    recall = right_n / max(int(has.sum()), 1)
+    print(f"\n{fold.name} {F.describe_fold(fold)}: {len(answers)} frames answered, {loops_n} loop closures, "
+          f"{right_n} right, {loops_n - right_n} wrong, {int(far.sum())} far; precision {precision:.3f}, recall "
+          f"{recall:.3f}; {time.monotonic() - start:.0f} s")
+    wrong = [(int(a), int(b)) for a, b, ok in zip(q, p, right) if not ok]
+    if wrong:
+        print("wrong loop closures (query frame -> place frame): " + ", ".join(f"{a} -> {b}" for a, b in wrong[:30]))
+    key = fold.name.replace(":", "_")
+    print(f"{key}_loops={loops_n} {key}_far={int(far.sum())} {key}_precision={precision:.3f} {key}_recall={recall:.3f}")
+    if args.keep is None:
+        import shutil
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def read_image_file(path: Path) -> np.ndarray:
+    from dhe_vpr_ros.image_conversion import read_image
+    return read_image(path)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--reference", type=Path, required=True)
-    parser.add_argument("--queries", type=Path, required=True)
+    parser.add_argument("--reference", type=Path)
+    parser.add_argument("--queries", type=Path)
+    parser.add_argument("--fold", help="a fold of benchmarks/folds.py (with --seq), played and judged as it says")
+    parser.add_argument("--seq", type=Path, help="with --fold: the folder benchmarks/sequences.py wrote")
+    parser.add_argument("--nordland", type=int, default=1000, help="with --fold: Nordland frames used (its first N)")
     parser.add_argument("--name", help="label for the name=value lines (default: the folder's parent)")
     parser.add_argument("--map-frames", help="A:B: the map holds reference frames A..B-1 only")
     parser.add_argument("--step", type=int, default=1, help="publish every Nth query frame (a faster robot)")
@@ -301,6 +367,13 @@ def main() -> None:
     parser.add_argument("--quiet-wait", type=float, default=1.0, help="--online: seconds given to a frame that "
                         "cannot have a candidate yet (no keyframe older than the time gap)")
     args = parser.parse_args()
+    if args.fold:
+        if not args.seq:
+            parser.error("--fold needs --seq")
+        main_fold(args)
+        return
+    if not (args.reference and args.queries):
+        parser.error("give --reference and --queries, or --fold and --seq")
     name = args.name or args.reference.parent.name
     reference, queries = read_images(args.reference), read_images(args.queries)
     if args.online:

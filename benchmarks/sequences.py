@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 # Copyright 2026 dhe_vpr_ros maintainers
 # SPDX-License-Identifier: Apache-2.0
-"""Real image sequences as folder pairs: ``OUT/<name>/reference/`` and ``OUT/<name>/queries/``,
+r"""Real image sequences as folder pairs: ``OUT/<name>/reference/`` and ``OUT/<name>/queries/``,
 frame i of each at the same place, zero-padded names in route order. What ``evaluate
 --reference/--queries``, ``calibrate`` and ``benchmarks/loop_replay.py`` take.
 
@@ -35,7 +35,7 @@ for the thumbnail runs (GardensPoint crops, Nordland), which bind precision, not
 ``--overlay`` also writes ``<name>_overlay``: the same frames with a fisheye ring, a hood band
 and a timestamp box (``synthetic.camera_overlay``), for the static-mask benchmarks.
 
-    python benchmarks/sequences.py --cohog CoHOG_Results_RAL2019 --seqslam seqslam --out /tmp/seq --overlay \\
+    python benchmarks/sequences.py --cohog CoHOG_Results_RAL2019 --seqslam seqslam --out /tmp/seq --overlay \
         --kitti 3dv_tutorial --kimera Kimera-VIO
 """
 from __future__ import annotations

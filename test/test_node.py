@@ -74,7 +74,8 @@ def test_config_file_lists_every_parameter_with_its_default():
 
 
 def test_match_loop_closure_and_pose_reach_a_lio_sam_style_subscriber(ros, tmp_path, map_dir):
-    node = start(tmp_path, map_path=str(map_dir), publish_debug_image=True, min_score=60.0, sequence_length=1)
+    node = start(tmp_path, map_path=str(map_dir), publish_debug_image=True, min_score=60.0, sequence_length=1,
+                 verify_min_inliers=20)
     probe = Probe()
     try:
         probe.wait_connected(node)
@@ -83,7 +84,8 @@ def test_match_loop_closure_and_pose_reach_a_lio_sam_style_subscriber(ros, tmp_p
         probe.wait_for(lambda: probe.got["match"] and probe.got["lio_sam"] and probe.got["pose"],
                        60, "~/match, ~/loop_closure, ~/matched_pose")
         match = probe.got["match"][0]
-        assert len(match.data) == 22 and match.layout.dim[0].size == 22  # the 17 documented, then 5 appended
+        assert len(match.data) == 23 and match.layout.dim[0].size == 23  # the 17 documented, then 5, then 1
+        assert match.data[22] >= 20  # the place's two-view inliers: the map of build-map has its keypoints
         q_stamp, place_id, score, similarity, map_stamp = match.data[:5]
         assert q_stamp == pytest.approx(query_stamp) and place_id == 2 and map_stamp == pytest.approx(1200.0)
         assert score >= 100 and similarity > 0.99
@@ -91,6 +93,8 @@ def test_match_loop_closure_and_pose_reach_a_lio_sam_style_subscriber(ros, tmp_p
         assert list(match.data[14:16]) == [W, H] and match.data[16] > 0
         loop = probe.got["lio_sam"][0]
         assert len(loop.data) == 2 and list(loop.data) == pytest.approx([query_stamp, 1200.0])
+        probe.wait_for(lambda: probe.diag_values().get("loop_closures", "0") != "0", 10, "diagnostics of the loop")
+        assert probe.diag_values()["loop_closures_refused_two_view"] == "0"
         probe.wait_for(lambda: probe.got["loop_closure"] and probe.got["top_k"] and probe.got["debug"], 10,
                        "the other outputs")
         top = probe.got["top_k"][0]

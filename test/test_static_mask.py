@@ -159,3 +159,21 @@ def test_bad_mask_inputs_end_in_one_line_and_leave_the_map_untouched(tmp_path, c
         errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
         assert code == 2 and len(errors) == 1 and reason in errors[0], (extra, errors)
         assert {p.name: p.read_bytes() for p in (tmp_path / "map").iterdir()} == before
+
+
+def test_a_map_grown_while_the_camera_stood_still_still_matches_and_says_why(model, caplog):
+    """A robot that starts by standing still fills its online map with the same view: every cell looks
+    static, and applying that mask would make every score 0. Matching then ignores the learned part
+    (build-map refuses such a map instead: test_bad_files), and says so once."""
+    still = textured_image(900, W)[:H]
+    db = MapDatabase(model_identity(model))
+    rec = PlaceRecognizer(Localizer(model, db, reranker="ransac", top_k=4),
+                          LoopPolicy(add_keyframes=True, keyframe_min_interval_sec=0, min_time_gap_sec=0,
+                                     min_score=0, sequence_length=1, min_distinctiveness=1.0))
+    for i in range(MIN_PLACES + 2):
+        rec.recognize(still, i * 1_000_000_000)
+    assert db.mask.static is not None and db.mask.static.all()
+    with caplog.at_level(logging.WARNING, logger="dhe_vpr_ros.map.database"):
+        outs = [rec.recognize(still, (100 + i) * 1_000_000_000) for i in range(2)]
+    assert all(out.best.score > 40 for out in outs)
+    assert len([r for r in caplog.records if "stood still" in r.getMessage()]) == 1

@@ -114,10 +114,11 @@ class PlaceRecognizer:
         known = self._stamps >= 0
         return np.flatnonzero(known & (np.abs(self._stamps - stamp_ns) < gap_ns))
 
-    def recognize(self, image: np.ndarray, stamp_ns: int, source: str = "") -> Recognition:
-        """Rank the map for one RGB frame, apply the policy, maybe insert it as a keyframe."""
+    def recognize(self, image: np.ndarray, stamp_ns: int, source: str = "", embedded=None) -> Recognition:
+        """Rank the map for one RGB frame, apply the policy, maybe insert it as a keyframe. ``embedded``:
+        the frame's (local grids, global descriptors) from ``Localizer.embed``, when already computed."""
         loc = self.localizer
-        local, global_ = loc.embed([image])
+        local, global_ = embedded if embedded is not None else loc.embed([image])
         size = (int(image.shape[1]), int(image.shape[0]))
         frame = FrameFeatures(image)
         with self._lock:

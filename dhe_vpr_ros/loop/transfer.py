@@ -2,30 +2,44 @@
 # SPDX-License-Identifier: Apache-2.0
 """Choosing loop-closure settings that transfer to runs nobody tuned them on: leave one run out.
 
-The input is a verdict table per run and candidate setting: an array (Q, 3) of each query frame's
-sequence score (-inf where the verifier gave no answer), whether its place is right (within the
-run's tolerance) and whether it is far (more than 5 frames off). No model or map is needed here, so
-the selection is tested on small synthetic tables with known answers.
+The input is a verdict table per fold and candidate setting: an array (Q, 3) of each query frame's
+sequence score (-inf where the verifier gave no answer), whether its place is right and whether it
+is far (more than 5 frames off); a 4th column, where given, says whether the frame has a true place
+at all (recall's denominator; without it every frame has). A fold is one way of playing real frames (a
+revisit, the same route from a shifted viewpoint, a run that never returns, frames against the map of another place, one
+drive that returns); ``FoldSpec`` says which real runs it uses, whether its recall is what the choice
+maximises (camera-resolution revisits; thumbnails and runs that must stay silent only bind precision
+and far) and whether it must stay silent (every loop closure on it is false). No model or map is
+needed here, so the selection is tested on small synthetic tables with known answers.
 
-Choosing on a set of runs: keep the settings and thresholds under which every run has no far loop
-closure and precision >= the target, then the highest worst-run recall over the runs the model
-recognises (single-frame Recall@1 >= ``RECOGNISED``); ties go to the earlier setting (list settings
-from the cheapest) and then the higher threshold.
+Choosing on a set of folds: keep the settings and thresholds under which every fold has no far loop
+closure and precision >= the target (a silent fold: no loop closure at all), then the highest worst
+recall over the objective folds; ties go to the earlier setting (list settings from the cheapest) and
+then the higher threshold. Leaving one run out: every fold that uses the run is held out together
+(an off-map pairing uses two runs), the choice is made on the folds that do not use it.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["Choice", "Fold", "RECOGNISED", "RunFigures", "choose", "leave_one_run_out", "run_figures"]
+__all__ = ["Choice", "Fold", "FoldSpec", "RunFigures", "choose", "leave_one_run_out", "run_figures"]
 
-RECOGNISED = 0.85  # a run with a lower single-frame Recall@1 must stay quiet; its recall is no objective
+
+@dataclass(frozen=True)
+class FoldSpec:
+    """``sources``: the real runs whose frames the fold plays; ``objective``: its recall is maximised;
+    ``silent``: every loop closure on it is false (a run that never returns, another place's map)."""
+
+    sources: tuple[str, ...]
+    objective: bool = True
+    silent: bool = False
 
 
 @dataclass(frozen=True)
 class RunFigures:
-    """One run's loop closures at one threshold."""
+    """One fold's loop closures at one threshold."""
 
     precision: float
     recall: float
@@ -44,49 +58,82 @@ class Choice:
 
 @dataclass(frozen=True)
 class Fold:
-    """A run held out: the choice made on the other runs and what it does on this one."""
+    """A run held out: the choice made on the folds without it, and what it does on each fold with it."""
 
     held_out: str
     choice: Choice | None
-    figures: RunFigures | None
+    figures: dict[str, RunFigures] = field(default_factory=dict)
+
+
+def _positives(verdicts: np.ndarray) -> int:
+    return int((verdicts[:, 3] > 0).sum()) if verdicts.shape[1] > 3 else len(verdicts)
 
 
 def run_figures(verdicts: np.ndarray, threshold: float) -> RunFigures:
-    """Precision, recall, far and all loop closures of one run (``verdicts`` (Q, 3)) at ``threshold``."""
+    """Precision, recall, far and all loop closures of one fold (``verdicts`` (Q, 3 or 4)) at ``threshold``."""
     accepted = verdicts[:, 0] >= threshold
     right = int((accepted & (verdicts[:, 1] > 0)).sum())
     wrong = int((accepted & (verdicts[:, 1] == 0)).sum())
     far = int((accepted & (verdicts[:, 2] > 0)).sum())
-    return RunFigures(right / (right + wrong) if right + wrong else 1.0, right / len(verdicts), far, right + wrong)
+    return RunFigures(right / (right + wrong) if right + wrong else 1.0, right / max(_positives(verdicts), 1), far,
+                      right + wrong)
 
 
-def choose(runs: dict[str, dict[int, np.ndarray]], recalls: dict[str, float], precision: float,
+def _counts_at(verdicts: np.ndarray, thresholds: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(right, wrong, far) loop closures of one fold at each threshold, all at once."""
+    order = np.argsort(-verdicts[:, 0], kind="stable")
+    scores = verdicts[order, 0]
+    right = np.r_[0, np.cumsum(verdicts[order, 1] > 0)]
+    far = np.r_[0, np.cumsum(verdicts[order, 2] > 0)]
+    accepted = np.searchsorted(-scores, -thresholds, side="right")  # scores >= t
+    return right[accepted], accepted - right[accepted], far[accepted]
+
+
+def _judge_setting(tables: dict[str, np.ndarray], judged: list[str], precision: float,
+                   lowest_threshold_only: bool) -> tuple[float, float] | None:
+    """(worst objective recall, threshold) at the lowest threshold that keeps every fold precise and
+    free of far loop closures (the lowest feasible threshold has the most recall), or None."""
+    scores = np.concatenate([t[:, 0] for t in tables.values()])
+    thresholds = np.unique(scores[np.isfinite(scores) & (scores > 0)])
+    if lowest_threshold_only:
+        thresholds = thresholds[:1]
+    if not thresholds.size:
+        return None
+    feasible = np.ones(thresholds.size, bool)
+    recall = np.full(thresholds.size, np.inf)
+    for name, table in tables.items():
+        right, wrong, far = _counts_at(table, thresholds)
+        loops = right + wrong
+        feasible &= (far == 0) & ((loops == 0) | (right >= precision * np.maximum(loops, 1) - 1e-9))
+        if name in judged:
+            recall = np.minimum(recall, right / max(_positives(table), 1))
+    first = np.flatnonzero(feasible)
+    return None if not first.size else (float(recall[first[0]]), float(thresholds[first[0]]))
+
+
+def choose(runs: dict[str, dict[int, np.ndarray]], specs: dict[str, FoldSpec], precision: float,
            lowest_threshold_only: bool = False) -> Choice | None:
-    """The best setting on ``runs`` ({run: {setting: verdicts}}), or None when no setting keeps every
-    run free of far loop closures and at ``precision``. ``lowest_threshold_only``: judge each setting at
+    """The best setting on ``runs`` ({fold: {setting: verdicts}}), or None when no setting keeps every
+    fold free of far loop closures and at ``precision``. ``lowest_threshold_only``: judge each setting at
     its lowest positive score only (a family where the threshold is not a free choice)."""
-    judged = [n for n in runs if recalls[n] >= RECOGNISED] or list(runs)
+    judged = [n for n in runs if specs[n].objective] or list(runs)
     best: tuple | None = None
     for i in next(iter(runs.values())):
-        scores = np.concatenate([r[i][:, 0] for r in runs.values()])
-        thresholds = np.unique(scores[np.isfinite(scores) & (scores > 0)])
-        for t in thresholds[:1] if lowest_threshold_only else thresholds:
-            results = {n: run_figures(r[i], float(t)) for n, r in runs.items()}
-            if any(f.far or f.precision < precision for f in results.values()):
-                continue
-            key = (min(results[n].recall for n in judged), -i, float(t))
-            if best is None or key > best:
-                best = key
-            break  # the lowest feasible threshold of a setting has the most recall
+        found = _judge_setting({n: r[i] for n, r in runs.items()}, judged, precision, lowest_threshold_only)
+        if found is not None and (best is None or (found[0], -i, found[1]) > best):
+            best = (found[0], -i, found[1])
     return None if best is None else Choice(-best[1], best[2], best[0])
 
 
-def leave_one_run_out(runs: dict[str, dict[int, np.ndarray]], recalls: dict[str, float], precision: float,
+def leave_one_run_out(runs: dict[str, dict[int, np.ndarray]], specs: dict[str, FoldSpec], precision: float,
                       lowest_threshold_only: bool = False) -> list[Fold]:
-    """For each run: the setting chosen on all the others, and its figures on the run held out."""
+    """For each real run: the setting chosen on the folds that do not use it, and its figures on those that do."""
+    sources = list(dict.fromkeys(s for n in runs for s in specs[n].sources))
     folds = []
-    for held in runs:
-        choice = choose({n: r for n, r in runs.items() if n != held}, recalls, precision, lowest_threshold_only)
-        figures = run_figures(runs[held][choice.setting], choice.threshold) if choice else None
+    for held in sources:
+        others = {n: r for n, r in runs.items() if held not in specs[n].sources}
+        choice = choose(others, specs, precision, lowest_threshold_only) if others else None
+        figures = {n: run_figures(r[choice.setting], choice.threshold) for n, r in runs.items()
+                   if held in specs[n].sources} if choice else {}
         folds.append(Fold(held, choice, figures))
     return folds

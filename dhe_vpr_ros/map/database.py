@@ -33,7 +33,7 @@ from .grids import GridFile, SpillFile
 from .index import make_index, search, stored_vectors, trained
 from .keypoints import Keypoints, RowCodec, decode_row, describe, encode_row
 from .records import Place, check_place
-from .static_mask import CellMask, CellStatistics, MaskSettings, mask_picture
+from .static_mask import MIN_USABLE_CELLS, CellMask, CellStatistics, MaskSettings, mask_picture
 from .storage import check_unchanged, check_writable, clean_leftovers, fsync_file, reading, swap_in
 
 __all__ = ["MapDatabase"]
@@ -62,6 +62,7 @@ class MapDatabase:
     _known: dict = field(default_factory=dict)  # map path -> revision this object read or wrote
     codec: GridCodec = field(default_factory=GridCodec)  # how grids are stored (compact: format 2)
     keypoints_from: int = 0  # the first place with a row in the keypoint layer (older maps: the first added)
+    _mask_warned: bool = False
     _keypoint_rows: GridFile | None = None  # the stored rows of the keypoint layer
     _keypoint_spill: SpillFile | None = None  # rows added since opening
 
@@ -93,8 +94,19 @@ class MapDatabase:
         self.mask_settings, self._mask = settings, None
 
     def usable_cells(self) -> np.ndarray | None:
-        """(H*W,) bool cells that may vote, or None when all may."""
+        """(H*W,) bool cells that may vote, or None when all may. A learned mask that leaves too few cells
+        to verify any place (the map's frames hardly differ: a camera that stood still) is not applied,
+        only the user's part, and that is said once: it would make every score 0 (``build-map`` refuses
+        such a map; a map grown online meets it while the robot stands still at its start)."""
         mask = self.mask
+        if mask.static is not None and mask.usable.sum() < MIN_USABLE_CELLS:
+            if not self._mask_warned:
+                self._mask_warned = True
+                log.warning("the learned static-cell mask would leave %d of %d cells to match (the map's %d places "
+                            "hardly differ: a camera that stood still?); matching uses every cell the user did not "
+                            "mask until the places differ", int(mask.usable.sum()), mask.usable.size, len(self))
+            user_only = ~mask.user.reshape(-1)
+            return None if user_only.all() else user_only
         return None if mask.all_usable else mask.usable.reshape(-1)
 
     # -- content ------------------------------------------------------------------------
