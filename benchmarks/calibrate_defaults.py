@@ -177,7 +177,7 @@ def main() -> None:
                       "min_distinctiveness": grid[g].min_distinctiveness,
                       "distinctiveness_neighbourhood": grid[g].neighbourhood, "verify_min_inliers": m,
                       "min_score_dhe": round(best.threshold, 3)})
-        for reranker in ("ransac", "magsac"):
+        for reranker in F.RERANKERS[1:]:
             other = tables_for(folds, data, reranker, grid, settings, [best.setting], memos)
             found = choose(other, specs, args.precision)
             lines[f"min_score_{reranker}"] = round(found.threshold, 3) if found else "never"

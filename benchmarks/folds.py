@@ -56,7 +56,7 @@ from dhe_vpr_ros.runtime.loading import load_model
 from dhe_vpr_ros.runtime.threads import ThreadGovernor, configure_threads
 
 TOP_K = 16  # the node's top_k: what it retrieves and re-ranks
-RERANKERS = ("dhe", "ransac", "magsac")  # recorded: each one's scores of the same candidates
+RERANKERS = ("dhe", "magsac")  # recorded: each one's scores of the same candidates (RANSAC: 0.5 s a frame)
 TOLERANCE, FAR = 2, 5  # frames: right within 2, far beyond 5
 NEVER_RETURNS_FAR = 50  # frames back (about 50 m on KITTI): a loop closure there is false
 KINDS = {"revisit": "a", "shifted": "b", "stereo": "b", "never_returns": "c", "off_map": "d", "one_drive": "e"}

@@ -6,8 +6,10 @@
 On a real map (the reference frames of a folder pair; default: the bundled demo photos), every
 query frame goes through the node's order: ``convert`` (a sensor_msgs/Image's fields to RGB,
 as the node converts), ``embed``, ``retrieve`` (top-K), then each re-ranker on the same
-candidates; DHE's parts are timed apart as well (``dhe.matching`` mutual nearest neighbours,
-``dhe.regressor``, ``dhe.refine``, ``dhe.count``). ``--busy-cores N`` starts N processes that
+candidates, with the stages ``Localizer.rank`` reports for it (``read`` the candidates' grids,
+``mutual_nn``, and DHE's ``shift_start``, ``regressor``, ``refine``, ``inliers`` or RANSAC's and
+MAGSAC's ``estimator``: the same stages ``evaluate --json`` and the node's /diagnostics show).
+``--busy-cores N`` starts N processes that
 keep a core busy (a plain Python loop, as another node would), so the table shows what a shared
 robot CPU costs.
 
@@ -45,22 +47,6 @@ def timed(samples: dict, name: str, fn, *args):
         torch.cuda.synchronize()
     samples.setdefault(name, []).append((time.perf_counter() - start) * 1e3)
     return out
-
-
-def dhe_parts(loc, reranker, query_local, candidates, samples) -> None:
-    """DHE's stages one after another, as DHEReranker runs them: matching, then the regressor and
-    the refinement (for the candidates the cascade regresses, ``dhe.cascade``; else for all), count."""
-    from dhe_vpr_ros.method.matching import count_inliers, grid_keypoints, mutual_nearest_neighbours
-    h, w = query_local.shape[-2:]
-    kps = grid_keypoints(h, w, reranker.stride, device=query_local.device)
-    matches = timed(samples, "dhe.matching", mutual_nearest_neighbours, query_local, candidates)
-    if getattr(reranker, "cascades", lambda k: False)(candidates.shape[0]):
-        refined = timed(samples, "dhe.cascade", reranker.cascade, query_local, candidates, kps, matches)
-    else:
-        chunk = reranker.chunk_for(candidates.device)
-        regressed = timed(samples, "dhe.regressor", loc.model.homographies, query_local, candidates, chunk)
-        refined = timed(samples, "dhe.refine", reranker.refine, regressed, kps, matches)
-    timed(samples, "dhe.count", count_inliers, refined, kps, kps, matches, reranker.threshold_px)
 
 
 def main() -> None:
@@ -127,11 +113,10 @@ def main() -> None:
             sims, ids = timed(samples, "retrieve", loc.retrieve, global_[0], args.top_k)
             size = (image.shape[1], image.shape[0])
             for name in rerankers:
-                timed(samples, f"rerank.{name}", loc.rank, local[0], global_[0], size, name, args.top_k, None,
-                      (sims, ids))
-            if "dhe" in rerankers:
-                grids = torch.from_numpy(loc.database.local_features(ids)).to(loc.device).float()
-                dhe_parts(loc, loc.reranker("dhe"), local[0].float(), grids, samples)
+                result = timed(samples, f"rerank.{name}", loc.rank, local[0], global_[0], size, name, args.top_k,
+                               None, (sims, ids))
+                for stage, ms in result.stages_ms.items():
+                    samples.setdefault(f"{name}.{stage}", []).append(ms)
     finally:
         for p in procs:
             p.terminate()

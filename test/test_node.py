@@ -94,7 +94,10 @@ def test_match_loop_closure_and_pose_reach_a_lio_sam_style_subscriber(ros, tmp_p
         loop = probe.got["lio_sam"][0]
         assert len(loop.data) == 2 and list(loop.data) == pytest.approx([query_stamp, 1200.0])
         probe.wait_for(lambda: probe.diag_values().get("loop_closures", "0") != "0", 10, "diagnostics of the loop")
-        assert probe.diag_values()["loop_closures_refused_two_view"] == "0"
+        values = probe.diag_values()
+        assert values["loop_closures_refused_two_view"] == "0"
+        assert float(values["stage_embed_ms_p50"]) > 0 and float(values["stage_mutual_nn_ms_p50"]) > 0
+        assert float(values["stage_estimator_ms_p50"]) > 0  # ransac's, as this node runs it
         probe.wait_for(lambda: probe.got["loop_closure"] and probe.got["top_k"] and probe.got["debug"], 10,
                        "the other outputs")
         top = probe.got["top_k"][0]

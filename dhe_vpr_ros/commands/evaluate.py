@@ -33,7 +33,7 @@ def format_table(report: dict) -> str:
              f"{'re-ranker':<10}" + "".join(f"{'R@' + n:>8}" for n in values)
              + f"{'R@100P':>8}{'AP':>7}{'thr@100P':>10}{'min_score':>10}{'wrong>=':>8}{'re-rank ms':>12}"]
     for name, rec in report["recall"].items():
-        ms = report["latency_ms"]["rerank"].get(name, 0.0)
+        ms = report["latency_ms"]["rerank"].get(name, {}).get("total", 0.0)
         lines.append(f"{name:<10}" + "".join(f"{rec[n]:>8.1f}" for n in values)
                      + _precision_columns(report["precision"][name]) + f"{ms:>12.1f}")
     if "sequence" in report:
@@ -44,6 +44,9 @@ def format_table(report: dict) -> str:
                          + (f"  far: {figures['far_above_min_score']}" if "far_above_min_score" in figures else ""))
     lines.append(f"mean latency per query: embed {report['latency_ms']['embed']:.1f} ms, "
                  f"retrieve {report['latency_ms']['retrieve']:.2f} ms")
+    for name, parts in report["latency_ms"]["rerank"].items():
+        lines.append(f"  {name} re-ranking {parts['total']:.1f} ms: "
+                     + ", ".join(f"{stage} {ms:.1f}" for stage, ms in parts.items() if stage != "total"))
     return "\n".join(lines) + "\n"
 
 

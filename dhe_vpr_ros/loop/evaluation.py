@@ -28,7 +28,8 @@ import numpy as np
 from tqdm import tqdm
 
 from ..map.keypoints import Keypoints, describe
-from ..method.localizer import Localizer, clock
+from ..method.localizer import Localizer
+from ..method.timing import clock
 from ..method.rerank import RERANKERS
 from .groundtruth import LabelledRun
 from .policy import LOOP_CLOSURE_PARAMETERS, LoopPolicy
@@ -60,7 +61,8 @@ class Ranked:
 
 @dataclass
 class RecordedRun:
-    """Every query's ranking under every re-ranker, in query order, and the mean timings (ms).
+    """Every query's ranking under every re-ranker, in query order, and the mean timings (ms; a
+    re-ranker's: ``total`` and its stages, ``Localizer.rank``'s ``stages_ms``, per query).
     ``guided``: the rankings the sequence verification saw, where it added the places its lines
     predicted (``LoopPolicy.sequence_guided``; single-frame figures never use them)."""
 
@@ -95,6 +97,7 @@ def record(localizer: Localizer, queries, rerankers=RERANKERS, top_k: int = 32, 
     verifiers = {name: SequenceVerifier(guidance.sequence()) for name in rerankers} if guide else {}
     guided = {name: [] for name in verifiers}
     times = {"embed": [], "retrieve": [], **{f"rerank.{name}": [] for name in rerankers}}
+    stages = {name: {} for name in rerankers}  # re-ranker -> stage -> ms summed over the queries
     keypoints = []
     for frame in tqdm(queries, desc="queries", unit="img", disable=None):
         image = frame.load()
@@ -110,6 +113,8 @@ def record(localizer: Localizer, queries, rerankers=RERANKERS, top_k: int = 32, 
         for name in rerankers:
             result = localizer.rank(local[0], global_[0], size, name, top_k, retrieved=(sims, ids))
             times[f"rerank.{name}"].append(result.timings_ms["rerank"] / 1e3)
+            for stage, ms in result.stages_ms.items():
+                stages[name][stage] = stages[name].get(stage, 0.0) + ms
             rankings[name].append(_ranked(result, ids))
             if name in verifiers:
                 ranked = _guided_ranking(localizer, local[0], global_[0], size, name, top_k, ids,
@@ -117,8 +122,11 @@ def record(localizer: Localizer, queries, rerankers=RERANKERS, top_k: int = 32, 
                 verifiers[name].observe(*ranked.candidates)
                 guided[name].append(ranked)
     mean_ms = {key: 1e3 * statistics.fmean(vals) if vals else 0.0 for key, vals in times.items()}
+    count = max(len(times["embed"]), 1)
     latency = {"embed": mean_ms["embed"], "retrieve": mean_ms["retrieve"],
-               "rerank": {name: mean_ms[f"rerank.{name}"] for name in rerankers if name != "none"}}
+               "rerank": {name: {"total": mean_ms[f"rerank.{name}"],
+                                 **{stage: ms / count for stage, ms in stages[name].items()}}
+                          for name in rerankers if name != "none"}}
     return RecordedRun(rankings, latency, guided, keypoints)
 
 

@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 
 import numpy as np
 
 from ..map.keypoints import FEATURES, Keypoints, describe
 from ..map.records import Place, Pose
 from ..method.localizer import Candidate, Localizer, QueryResult
+from ..method.timing import Stages
 from .policy import LoopPolicy, pose_variance_scale
 from .sequence import SequenceVerifier, Verdict
 from .two_view import place_inliers
@@ -37,7 +38,8 @@ class Recognition:
     ``loop_closure`` (query, map stamps in seconds) and ``pose`` are set only for a verified
     place that has them, ``pose_variance_scale`` says how much to widen the pose's covariance.
     ``two_view_inliers``: what the two-view check counted (None: not checked); ``refused``: the
-    sequence verification accepted the place and the two-view check did not."""
+    sequence verification accepted the place and the two-view check did not. ``stages_ms``: where the
+    frame's time went (embed, retrieve, the re-ranking's stages, two_view, keyframe)."""
 
     result: QueryResult
     stamp_ns: int
@@ -50,6 +52,7 @@ class Recognition:
     keyframe_id: int | None = None
     two_view_inliers: int | None = None
     refused: bool = False
+    stages_ms: dict = field(default_factory=dict)
 
     @property
     def best(self):
@@ -118,15 +121,22 @@ class PlaceRecognizer:
         """Rank the map for one RGB frame, apply the policy, maybe insert it as a keyframe. ``embedded``:
         the frame's (local grids, global descriptors) from ``Localizer.embed``, when already computed."""
         loc = self.localizer
-        local, global_ = embedded if embedded is not None else loc.embed([image])
+        stages = Stages(loc.device)
+        if embedded is None:
+            with stages("embed"):
+                embedded = loc.embed([image])
+        local, global_ = embedded
         size = (int(image.shape[1]), int(image.shape[0]))
         frame = FrameFeatures(image)
         with self._lock:
             guided = self.verifier.predict(self.policy.sequence_guided) if self.policy.sequence_length > 1 else []
             result = loc.rank(local[0], global_[0], size, exclude_ids=self.excluded_ids(stamp_ns), include_ids=guided)
-            out = self._judge(result, stamp_ns, frame)
+            with stages("two_view"):
+                out = self._judge(result, stamp_ns, frame)
             if self.policy.add_keyframes:
-                out.keyframe_id = self._maybe_add_keyframe(local, global_, size, source, stamp_ns, frame)
+                with stages("keyframe"):
+                    out.keyframe_id = self._maybe_add_keyframe(local, global_, size, source, stamp_ns, frame)
+        out.stages_ms = {**stages.ms, "retrieve": result.timings_ms.get("retrieve", 0.0), **result.stages_ms}
         return out
 
     def _judge(self, result: QueryResult, stamp_ns: int, frame: FrameFeatures) -> Recognition:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 from dataclasses import dataclass, field
 from typing import Protocol, Sequence
 
@@ -25,6 +24,7 @@ from .geometry import scale_homography
 from .matching import Matches, grid_keypoints, reprojection_errors
 from .models import VPRModel
 from .rerank import DEFAULT_REFINE_ROUNDS, DEFAULT_REGRESSED, RERANKERS, Reranker, make_reranker
+from .timing import Stages, clock
 
 __all__ = ["Candidate", "Localizer", "PlaceStore", "QueryResult", "clock", "image_size", "normalise", "prepare"]
 
@@ -101,25 +101,21 @@ class Candidate:
 
 @dataclass
 class QueryResult:
-    """Candidates best first; timings in ms; for the best candidate, its inlier matches as
-    (N, 2, 2) [[query x, y], [map x, y]] in original pixels (empty for re-ranker 'none');
-    ``skipped``: retrieved places left out because their grid or result was not finite."""
+    """Candidates best first; timings in ms (``stages_ms``: the re-ranking's parts: ``read`` the
+    candidates' grids read and decoded, then the re-ranker's own, e.g. ``mutual_nn``, ``regressor``,
+    ``refine``, ``inliers``); for the best candidate, its inlier matches as (N, 2, 2) [[query x, y],
+    [map x, y]] in original pixels (empty for re-ranker 'none'); ``skipped``: retrieved places left
+    out because their grid or result was not finite."""
 
     candidates: list[Candidate]
     timings_ms: dict = field(default_factory=dict)
     inliers: np.ndarray = field(default_factory=lambda: np.zeros((0, 2, 2), np.float32))
     skipped: int = 0
+    stages_ms: dict = field(default_factory=dict)
 
     @property
     def best(self) -> Candidate | None:
         return self.candidates[0] if self.candidates else None
-
-
-def clock(device: torch.device) -> float:
-    """perf_counter after the device's queued work, so timings are real on a GPU too."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter()
 
 
 class Localizer:
@@ -233,8 +229,10 @@ class Localizer:
         if len(ids) == 0:
             return QueryResult([], {"retrieve": retrieve_ms, "rerank": 0.0})
         start = clock(self.device)
-        grids = self.database.local_features(ids)
-        finite = np.isfinite(grids.reshape(len(ids), -1)).all(axis=1)
+        stages = Stages(self.device)
+        with stages("read"):
+            grids = self.database.local_features(ids)
+            finite = np.isfinite(grids.reshape(len(ids), -1)).all(axis=1)
         if not finite.all():  # a corrupt map row: never let it match
             log.warning("map places %s have non-finite local features; skipped", ids[~finite].tolist())
             grids, sims, ids = grids[finite], sims[finite], ids[finite]
@@ -242,9 +240,10 @@ class Localizer:
             return QueryResult([], {"retrieve": retrieve_ms, "rerank": 0.0}, skipped=int((~finite).sum()))
         query_local = query_local.float()
         rer = self.reranker(name)
-        candidates_local = torch.from_numpy(grids).to(self.device).float()
+        with stages("read"):
+            candidates_local = torch.from_numpy(grids).to(self.device).float()
         result = rer(query_local, candidates_local, torch.from_numpy(sims).to(self.device),
-                     self._usable_cells(query_size, ids))
+                     self._usable_cells(query_size, ids), stages)
         scores = result.scores.float().cpu()
         homographies = self._to_original_pixels(result.homographies.double().cpu(), ids, query_size)
         usable = [i for i in result.order.cpu().tolist()
@@ -256,7 +255,7 @@ class Localizer:
         candidates = [Candidate(places[int(ids[i])], float(scores[i]), float(sims[i]), homographies[i])
                       for i in usable]
         skipped = int((~finite).sum()) + len(ids) - len(usable)
-        return QueryResult(candidates, {"retrieve": retrieve_ms, "rerank": rerank_ms}, inliers, skipped)
+        return QueryResult(candidates, {"retrieve": retrieve_ms, "rerank": rerank_ms}, inliers, skipped, stages.ms)
 
     def _usable_cells(self, query_size: tuple[int, int], ids) -> torch.Tensor | None:
         """The map's mask (static and user cells out) as a tensor, or None when every cell may vote.

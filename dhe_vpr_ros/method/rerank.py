@@ -14,6 +14,7 @@ import torch
 
 from .matching import Matches, count_inliers, grid_keypoints, mutual_nearest_neighbours, robust_homographies
 from .refine import refine_from_starts, refine_homographies, shift_hypotheses
+from .timing import Stages
 
 __all__ = ["DEFAULT_REFINE_ROUNDS", "DEFAULT_REGRESSED", "MAX_REFINE_ROUNDS", "MIN_VERIFIED_INLIERS", "RERANKERS",
            "RerankResult", "Reranker", "make_reranker"]
@@ -62,13 +63,14 @@ def _verified_order(scores: torch.Tensor, min_inliers: float) -> torch.Tensor:
 
 
 class Reranker:
-    """``usable``: (H*W,) bool grid cells that may vote (the map's static-cell and user mask), or None."""
+    """``usable``: (H*W,) bool grid cells that may vote (the map's static-cell and user mask), or None;
+    ``stages``: where the time of each part goes (``timing.Stages``), or None."""
 
     name = "base"
 
     def __call__(self, query_local: torch.Tensor, candidate_local: torch.Tensor,
-                 global_similarity: torch.Tensor, usable: torch.Tensor | None = None
-                 ) -> RerankResult:  # pragma: no cover - abstract
+                 global_similarity: torch.Tensor, usable: torch.Tensor | None = None,
+                 stages: Stages | None = None) -> RerankResult:  # pragma: no cover - abstract
         raise NotImplementedError
 
 
@@ -77,7 +79,7 @@ class NoReranker(Reranker):
 
     name = "none"
 
-    def __call__(self, query_local, candidate_local, global_similarity, usable=None):
+    def __call__(self, query_local, candidate_local, global_similarity, usable=None, stages=None):
         k = candidate_local.shape[0]
         eye = torch.eye(3, device=candidate_local.device).expand(k, 3, 3).clone()
         return RerankResult(global_similarity, _order(global_similarity), eye)
@@ -144,36 +146,47 @@ class DHEReranker(_PatchMatchingReranker):
         return bool(self.regressed and self.refine_rounds and self.shift_start and candidates > self.regressed)
 
     def cascade(self, query_local: torch.Tensor, candidate_local: torch.Tensor, keypoints: torch.Tensor,
-                matches: Matches) -> torch.Tensor:
+                matches: Matches, stages: Stages | None = None) -> torch.Tensor:
         """(K, 3, 3): every candidate's refitted shift start, except for the ``regressed`` ones
         whose shift start explains most matches (ties: the retrieval order): for those the refitted
         regressed homography where it fits more matches within the last window, as ``refine``
         chooses between the two starts. Both starts are refitted in one batch."""
+        stages = stages or Stages(candidate_local.device)
         k = candidate_local.shape[0]
-        shift = shift_hypotheses(keypoints, keypoints, matches, self.stride).to(candidate_local.dtype)
-        top = _order(count_inliers(shift, keypoints, keypoints, matches, self.threshold_px))[:self.regressed]
-        regressed = self.model.homographies(query_local, candidate_local[top], self.chunk_for(candidate_local.device))
-        both = Matches(torch.cat([matches.partner, matches.partner[top]]),
-                       torch.cat([matches.valid, matches.valid[top]]))
-        fitted = refine_homographies(torch.cat([shift, regressed.to(shift.dtype)]), keypoints, keypoints, both,
-                                     self.refine_rounds, self.refine_start_px, self.refine_end_px)
-        shifted, fitted = fitted[:k], fitted[k:]
-        some = Matches(matches.partner[top], matches.valid[top])
-        better = count_inliers(fitted, keypoints, keypoints, some, self.refine_end_px) >= \
-            count_inliers(shifted[top], keypoints, keypoints, some, self.refine_end_px)
+        with stages("shift_start"):
+            shift = shift_hypotheses(keypoints, keypoints, matches, self.stride).to(candidate_local.dtype)
+            top = _order(count_inliers(shift, keypoints, keypoints, matches, self.threshold_px))[:self.regressed]
+        with stages("regressor"):
+            regressed = self.model.homographies(query_local, candidate_local[top],
+                                                self.chunk_for(candidate_local.device))
+        with stages("refine"):
+            both = Matches(torch.cat([matches.partner, matches.partner[top]]),
+                           torch.cat([matches.valid, matches.valid[top]]))
+            fitted = refine_homographies(torch.cat([shift, regressed.to(shift.dtype)]), keypoints, keypoints, both,
+                                         self.refine_rounds, self.refine_start_px, self.refine_end_px)
+            shifted, fitted = fitted[:k], fitted[k:]
+            some = Matches(matches.partner[top], matches.valid[top])
+            better = count_inliers(fitted, keypoints, keypoints, some, self.refine_end_px) >= \
+                count_inliers(shifted[top], keypoints, keypoints, some, self.refine_end_px)
         out = shifted.clone()
         out[top] = torch.where(better[:, None, None], fitted, shifted[top])
         return out
 
     @torch.no_grad()
-    def __call__(self, query_local, candidate_local, global_similarity, usable=None):
-        kps, matches = self._setup(query_local, candidate_local, usable)
+    def __call__(self, query_local, candidate_local, global_similarity, usable=None, stages=None):
+        stages = stages or Stages(candidate_local.device)
+        with stages("mutual_nn"):
+            kps, matches = self._setup(query_local, candidate_local, usable)
         if self.cascades(candidate_local.shape[0]):
-            homographies = self.cascade(query_local, candidate_local, kps, matches)
+            homographies = self.cascade(query_local, candidate_local, kps, matches, stages)
         else:
-            homographies = self.refine(self.model.homographies(query_local, candidate_local,
-                                                               self.chunk_for(candidate_local.device)), kps, matches)
-        scores = count_inliers(homographies, kps, kps, matches, self.threshold_px)
+            with stages("regressor"):
+                chunk = self.chunk_for(candidate_local.device)
+                regressed = self.model.homographies(query_local, candidate_local, chunk)
+            with stages("refine"):
+                homographies = self.refine(regressed, kps, matches)
+        with stages("inliers"):
+            scores = count_inliers(homographies, kps, kps, matches, self.threshold_px)
         return RerankResult(scores, _verified_order(scores, self.min_verified_inliers), homographies, matches)
 
 
@@ -186,9 +199,12 @@ class RansacReranker(_PatchMatchingReranker):
         self.name = method
 
     @torch.no_grad()
-    def __call__(self, query_local, candidate_local, global_similarity, usable=None):
-        kps, matches = self._setup(query_local, candidate_local, usable)
-        homographies, inliers = robust_homographies(kps, kps, matches, self.threshold_px, self.method)
+    def __call__(self, query_local, candidate_local, global_similarity, usable=None, stages=None):
+        stages = stages or Stages(candidate_local.device)
+        with stages("mutual_nn"):
+            kps, matches = self._setup(query_local, candidate_local, usable)
+        with stages("estimator"):
+            homographies, inliers = robust_homographies(kps, kps, matches, self.threshold_px, self.method)
         device = candidate_local.device
         scores = torch.from_numpy(inliers).to(device)
         return RerankResult(scores, _order(scores),

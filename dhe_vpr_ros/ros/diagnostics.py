@@ -1,7 +1,8 @@
 # Copyright 2026 dhe_vpr_ros maintainers
 # SPDX-License-Identifier: Apache-2.0
 """The node's health on /diagnostics: counters and windows the worker updates, one status the
-timer publishes (rates, latency percentiles, drops, bad input, errors, map size, device)."""
+timer publishes (rates, latency percentiles, drops, bad input, errors, map size, device, and the
+median time of each stage of a frame: ``stage_<name>_ms_p50``)."""
 from __future__ import annotations
 
 import math
@@ -19,6 +20,7 @@ class NodeStats:
     def __init__(self):
         self.processed = self.bad = self.errors = self.verified = self.loop_closures = 0
         self.latencies: deque = deque(maxlen=200)
+        self.stages: dict[str, deque] = {}  # stage -> its last ms (``Recognition.stages_ms``)
         self.rate_window: deque = deque(maxlen=400)
         self.last_error = ""
         self.last_error_level = DiagnosticStatus.OK
@@ -27,8 +29,15 @@ class NodeStats:
         now = time.monotonic()
         return sum(1 for k, t in list(self.rate_window) if k == kind and now - t <= span) / span
 
-    def percentile(self, q: float) -> float:
-        lat = sorted(self.latencies)
+    def add_stages(self, stages_ms: dict) -> None:
+        """One frame's stage times; a stage the frame did not run counts 0 (its p50 is per frame)."""
+        for name in stages_ms.keys() - self.stages.keys():
+            self.stages[name] = deque([0.0] * len(self.latencies), maxlen=200)
+        for name, window in self.stages.items():
+            window.append(float(stages_ms.get(name, 0.0)))
+
+    def percentile(self, q: float, values=None) -> float:
+        lat = sorted(self.latencies if values is None else values)
         return lat[min(len(lat) - 1, int(q * (len(lat) - 1)))] if lat else math.nan
 
 
@@ -50,6 +59,7 @@ def diagnostics_message(stats: NodeStats, slots, recognizer, device: str, rerank
         "loop_closures_unchecked_two_view": recognizer.unchecked,
         "map_places": len(recognizer), "keyframes_added": recognizer.keyframes_added, "map_full": recognizer.map_full,
         "device": device, "reranker": reranker, "last_error": stats.last_error,
+        **{f"stage_{name}_ms_p50": stats.percentile(0.5, window) for name, window in sorted(stats.stages.items())},
     }
     status.values = [KeyValue(key=k, value=f"{v:.2f}" if isinstance(v, float) else str(v)) for k, v in values.items()]
     array = DiagnosticArray(status=[status])

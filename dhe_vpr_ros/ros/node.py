@@ -235,6 +235,7 @@ class VprNode(LifecycleNode):
         stats.processed += 1
         stats.rate_window.append(("out", time.monotonic()))
         latency_ms = (time.monotonic() - item.received) * 1e3
+        stats.add_stages(recognition.stages_ms)
         stats.latencies.append(latency_ms)
         if recognition.result.skipped:
             self._note_error(f"{recognition.result.skipped} map candidates were not finite and were skipped",
