@@ -12,12 +12,13 @@ the ROS-free ``PlaceRecognizer`` (policy) and publishes. Lifecycle:
 
 With ``autostart`` (default) the node configures and activates itself; startup errors end
 the process with one ``cannot start`` line and a non-zero exit. Subscriptions keep only the
-newest frame per topic (``FrameSlots``). See README "The node" for every topic and QoS.
+newest frame per topic (``FrameSlots``); a frame is converted and embedded on one thread while the
+frame before it is ranked and published on another (``runtime.pipeline``). See README "The node"
+for every topic and QoS.
 """
 from __future__ import annotations
 
 import re
-import threading
 import time
 
 import numpy as np
@@ -35,8 +36,9 @@ from ..image_conversion import ImageConversionError, check_usable, rgb_to_fields
 from ..loop.policy import LoopPolicy
 from ..loop.recognizer import PlaceRecognizer
 from ..runtime import open_localizer
+from ..method.timing import Stages
 from ..runtime.frame_slots import FrameSlots
-from ..runtime.threads import ThreadGovernor
+from ..runtime.pipeline import Pipeline
 from .debug_image import draw_match
 from .diagnostics import NodeStats, diagnostics_message
 from .messages import (DEBUG_QOS, RESULTS_QOS, image_qos, match_message, pose_message, stamp_ns, stamp_sec,
@@ -57,7 +59,7 @@ class VprNode(LifecycleNode):
         self.slots = None
         self.stats = NodeStats()
         self._subscriptions_live: list = []
-        self._worker: threading.Thread | None = None
+        self._pipeline: Pipeline | None = None
         self._last_warn: dict[str, float] = {}
         self._last_processed = 0.0
         self.device = "none"
@@ -132,8 +134,9 @@ class VprNode(LifecycleNode):
             self._subscriptions_live.append(
                 self.create_subscription(kind, topic, lambda msg, t=topic: self.slots.put(msg, t), qos))
         self.slots.reopen()
-        self._worker = threading.Thread(target=self._work, name="vpr_inference", daemon=True)
-        self._worker.start()
+        self._pipeline = Pipeline(self.slots.take, self._prepare, self._finish, self._stage_failed,
+                                  self.p["threads"] or None, LoggerAdapter(self.get_logger()), name="vpr")
+        self._pipeline.start()
         self.get_logger().info(f"active: listening on {list(self.p['image_topics'])}")
         return super().on_activate(state)
 
@@ -161,9 +164,9 @@ class VprNode(LifecycleNode):
         self._subscriptions_live = []
         if self.slots is not None:
             self.slots.close()
-        if self._worker is not None:
-            self._worker.join(timeout=60)
-            self._worker = None
+        if self._pipeline is not None:
+            self._pipeline.join(timeout=60)
+            self._pipeline = None
 
     def _release(self) -> None:
         if self.recognizer is None:
@@ -193,29 +196,35 @@ class VprNode(LifecycleNode):
             self._last_warn[key] = now
             self.get_logger().warning(text)
 
-    def _work(self) -> None:
-        """The inference thread: no input can end it; every failure is counted and reported. Its
-        torch threads follow the cores free beside the node (``ThreadGovernor``), unless ``threads`` is set."""
-        slots = self.slots
-        governor = ThreadGovernor(self.p["threads"] or None, logger=LoggerAdapter(self.get_logger()))
-        while (item := slots.take()) is not None:
-            self._respect_max_rate()
-            governor.adjust()
-            try:
+    def _prepare(self, item):
+        """The first stage (one thread): pace, convert and embed the newest frame; a bad frame is counted
+        and skipped (None). Its torch threads follow its share of the free cores (``runtime.pipeline``)."""
+        self._respect_max_rate()
+        stages = Stages(self.recognizer.localizer.device)
+        try:
+            with stages("convert"):
                 image = check_usable(to_rgb(item.msg, self.p["max_image_pixels"]))
-            except ImageConversionError as exc:
-                self.stats.bad += 1
-                self._note_error(f"{item.source}: {exc}", DiagnosticStatus.WARN)
-                kind = re.sub(r"[\d.]+", "#", str(exc))  # throttle per topic and kind of problem
-                self._warn_throttled(f"bad:{item.source}:{kind}", f"skipping image on {item.source}: {exc}")
-                continue
-            try:
-                self._process(image, item)
-            except Exception as exc:  # keep the node alive; the reason goes to the log and diagnostics
-                self.stats.errors += 1
-                self._note_error(f"{type(exc).__name__}: {exc}", DiagnosticStatus.ERROR)
-                self._warn_throttled("process", f"processing a frame from {item.source} failed: "
-                                                f"{self.stats.last_error}")
+        except ImageConversionError as exc:
+            self.stats.bad += 1
+            self._note_error(f"{item.source}: {exc}", DiagnosticStatus.WARN)
+            kind = re.sub(r"[\d.]+", "#", str(exc))  # throttle per topic and kind of problem
+            self._warn_throttled(f"bad:{item.source}:{kind}", f"skipping image on {item.source}: {exc}")
+            return None
+        with stages("embed"):
+            embedded = self.recognizer.localizer.embed([image])
+        return item, image, embedded, stages.ms
+
+    def _finish(self, prepared) -> None:
+        """The second stage (the other thread, while the first embeds the next frame): rank, judge, publish."""
+        item, image, embedded, stages_ms = prepared
+        self._process(image, item, embedded, stages_ms)
+
+    def _stage_failed(self, stage: str, item, exc: Exception) -> None:
+        """No input can end the pipeline: every failure is counted and reported."""
+        self.stats.errors += 1
+        source = item.source if stage == "first" else item[0].source
+        self._note_error(f"{type(exc).__name__}: {exc}", DiagnosticStatus.ERROR)
+        self._warn_throttled("process", f"processing a frame from {source} failed: {self.stats.last_error}")
 
     def _respect_max_rate(self) -> None:
         rate = self.p["max_rate_hz"]
@@ -228,9 +237,10 @@ class VprNode(LifecycleNode):
     def _note_error(self, text: str, level) -> None:
         self.stats.last_error, self.stats.last_error_level = text, level
 
-    def _process(self, image: np.ndarray, item) -> None:
+    def _process(self, image: np.ndarray, item, embedded, stages_ms: dict) -> None:
         header = item.msg.header
-        recognition = self.recognizer.recognize(image, stamp_ns(header.stamp), item.source)
+        recognition = self.recognizer.recognize(image, stamp_ns(header.stamp), item.source, embedded=embedded)
+        recognition.stages_ms = {**stages_ms, **recognition.stages_ms}
         stats = self.stats
         stats.processed += 1
         stats.rate_window.append(("out", time.monotonic()))

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 __all__ = ["MAX_DEFAULT_THREADS", "CpuSample", "ThreadGovernor", "ThreadSettings", "available_cpus", "busy_beside",
-           "choose_threads", "configure_threads", "cpu_quota", "sample_cpus", "set_blas_threads"]
+           "choose_threads", "configure_threads", "cpu_quota", "sample_cpus", "set_blas_threads", "share_of"]
 
 log = logging.getLogger(__name__)
 
@@ -225,14 +225,23 @@ def applied() -> ThreadSettings | None:
     return _applied
 
 
+def share_of(count: int, share: tuple[int, int]) -> int:
+    """Part ``index`` of ``count`` threads split between ``parts`` stages that run at once (at least 1
+    each; the earlier stages get the remainder): 2 of 2 -> 1 + 1, 3 -> 2 + 1, 1 -> 1 + 1."""
+    index, parts = share
+    return max(1, (count + parts - 1 - index) // parts)
+
+
 class ThreadGovernor:
     """Keeps the calling thread's torch threads at the free cores while a long job runs (the node's
-    inference thread calls ``adjust`` before each frame). It measures the load beside from the time
+    inference threads call ``adjust`` before each frame). It measures the load beside from the time
     since its last look (at most every ``period`` seconds, no sleeping); a user's fixed count is
-    applied once and never changed."""
+    applied once and never changed. ``share`` (index, parts): this thread is one of ``parts`` stages
+    working at once, and takes its part of the count (``share_of``)."""
 
-    def __init__(self, requested: int | None = None, period: float = 2.0, logger=None):
-        self.requested, self.period = requested or None, period
+    def __init__(self, requested: int | None = None, period: float = 2.0, logger=None,
+                 share: tuple[int, int] = (0, 1)):
+        self.requested, self.period, self.share = requested or None, period, share
         self.logger = logger or log
         self.threads: int | None = None
         self._last: CpuSample | None = None
@@ -256,9 +265,11 @@ class ThreadGovernor:
         return self.threads
 
     def _apply(self, torch, count: int, beside: float | None) -> None:
-        torch.set_num_threads(count)
-        set_blas_threads(count)
-        if beside is not None:
-            self.logger.info("threads: %d -> %d (%.1f of %d CPUs busy beside)", self.threads, count, beside,
-                             available_cpus())
+        mine = share_of(count, self.share)
+        torch.set_num_threads(mine)
+        if self.share[0] == 0:  # BLAS threads are one setting for the whole process: the first stage's
+            set_blas_threads(mine)
+        if beside is not None and mine != share_of(self.threads, self.share):
+            self.logger.info("threads: %d -> %d (%.1f of %d CPUs busy beside)", share_of(self.threads, self.share),
+                             mine, beside, available_cpus())
         self.threads = count
