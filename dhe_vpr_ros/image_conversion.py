@@ -10,11 +10,10 @@ Output of ``to_rgb`` is always an RGB uint8 (H, W, 3) array, what the backbone c
 """
 from __future__ import annotations
 
-import os
-import stat
-
 import cv2
 import numpy as np
+
+from .reading import InputError, image_dimensions, read_bytes
 
 __all__ = ["COMPRESSED_FORMATS", "MAX_PIXELS", "MIN_SIDE", "SUPPORTED_ENCODINGS", "ImageConversionError",
            "check_pixels", "check_usable", "compressed_dimensions", "compressed_to_rgb", "decode_file",
@@ -46,28 +45,19 @@ MAX_PIXELS = 50_000_000  # larger than any robot camera: a bigger frame is a bad
 
 
 def compressed_dimensions(buffer: np.ndarray) -> tuple[int, int]:
-    """(width, height) from a PNG or JPEG header, without decoding; ImageConversionError for
-    anything else (what the camera drivers send is one of the two)."""
-    head = buffer[:32].tobytes()
-    if head.startswith(b"\x89PNG\r\n\x1a\n") and len(head) >= 24:
-        return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
-    if head.startswith(b"\xff\xd8"):
-        data = buffer.tobytes() if buffer.size < 1 << 16 else buffer[:1 << 20].tobytes()
-        i = 2
-        while i + 9 < len(data):
-            if data[i] != 0xFF:
-                i += 1
-                continue
-            marker = data[i + 1]
-            if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7 or marker == 0xFF:
-                i += 1 if marker == 0xFF else 2
-                continue
-            length = int.from_bytes(data[i + 2:i + 4], "big")
-            if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # a start-of-frame segment
-                return int.from_bytes(data[i + 7:i + 9], "big"), int.from_bytes(data[i + 5:i + 7], "big")
-            i += 2 + length
-        raise ImageConversionError("cannot decode compressed image: JPEG data without a frame header (truncated?)")
-    raise ImageConversionError("cannot decode compressed image: neither PNG nor JPEG data")
+    """(width, height) from the header of compressed image data, without decoding, for every format
+    OpenCV decodes (``reading.image_dimensions``); ImageConversionError for anything else."""
+    try:
+        _, width, height = image_dimensions(buffer[:1 << 20].tobytes() if buffer.size > 1 << 20 and
+                                            not _needs_whole(buffer) else buffer.tobytes())
+    except InputError as exc:
+        raise ImageConversionError(f"cannot decode compressed image: {exc}") from None
+    return width, height
+
+
+def _needs_whole(buffer: np.ndarray) -> bool:
+    """TIFF keeps its image directory anywhere in the file: its header needs all of it."""
+    return buffer[:4].tobytes() in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 
 
 def check_pixels(width: int, height: int, max_pixels: int) -> None:
@@ -269,28 +259,20 @@ def encode_compressed(rgb: np.ndarray, fmt: str = "jpeg", quality: int = 90) -> 
 
 
 def decode_file(path, flags: int = cv2.IMREAD_COLOR, max_pixels: int = MAX_PIXELS) -> np.ndarray | None:
-    """An image file's pixels (OpenCV's layout), None when OpenCV cannot decode it. The bytes are
-    read by Python and decoded in memory: ``cv2.imread`` crashes on a name that is not valid UTF-8
-    and blocks on a FIFO. A PNG or JPEG over ``max_pixels`` is refused from its header."""
+    """An image file's pixels (OpenCV's layout), None when OpenCV cannot decode it. The bytes are read
+    through the one read door (``reading``: a regular file only, never a FIFO or device, bounded) and
+    decoded in memory (``cv2.imread`` crashes on a name that is not valid UTF-8); the size the header
+    declares is checked first, for every format, and a format OpenCV would only guess at is refused."""
     try:
-        mode = os.stat(path).st_mode
-    except FileNotFoundError:
-        raise FileNotFoundError(f"image not found: {path}") from None
-    except OSError as exc:
-        raise ImageConversionError(f"cannot read {path}: {exc.strerror}") from None
-    if not stat.S_ISREG(mode):
-        raise ImageConversionError(f"{path} is not a regular file (a directory, FIFO or device): not an image")
-    try:
-        data = np.fromfile(path, dtype=np.uint8)
-    except OSError as exc:
-        raise ImageConversionError(f"cannot read {path}: {exc.strerror or exc}") from None
+        data = np.frombuffer(read_bytes(path, "image"), dtype=np.uint8)
+    except InputError as exc:
+        raise ImageConversionError(str(exc)) from None
     if data.size == 0:
         return None
     try:
         check_pixels(*compressed_dimensions(data), max_pixels)
     except ImageConversionError as exc:
-        if "over the limit" in str(exc):
-            raise ImageConversionError(f"{path}: {exc}") from None  # other formats: OpenCV decides below
+        raise ImageConversionError(f"{path}: {str(exc).replace('cannot decode compressed image: ', '')}") from None
     return cv2.imdecode(data, flags)
 
 
