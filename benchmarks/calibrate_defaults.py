@@ -17,8 +17,9 @@ score threshold), (ii) sequence and threshold without the distinctiveness gate, 
 two-view check, (iv) a single frame with the two-view check. For each family and each run, the
 settings are chosen on the folds that do not use that run (``dhe_vpr_ros.loop.transfer``: no loop
 closure more than 5 frames off and precision >= ``--precision`` on every fold, none at all on the
-folds that must stay silent, then the highest worst recall over the camera-resolution revisit folds)
-and measured on the folds that do: the fold table is what a new user can expect. The winner is the
+folds that must stay silent, then the highest worst recall over the camera-resolution revisit folds;
+thresholds from ``MIN_VERIFIED_INLIERS`` up, the inlier count below which a score is no geometric
+evidence) and measured on the folds that do: the fold table is what a new user can expect. The winner is the
 family whose every held-out fold holds, with the highest worst held-out camera-resolution recall; its
 choice on all folds becomes the defaults, and each other re-ranker's threshold is chosen under them.
 
@@ -44,6 +45,9 @@ import folds as F  # noqa: E402
 from dhe_vpr_ros.loop.policy import CALIBRATED_MIN_SCORE, LoopPolicy  # noqa: E402
 from dhe_vpr_ros.loop.sequence import SequenceSettings  # noqa: E402
 from dhe_vpr_ros.loop.transfer import choose, leave_one_run_out, run_figures  # noqa: E402
+from dhe_vpr_ros.method.rerank import MIN_VERIFIED_INLIERS  # noqa: E402
+
+FLOOR = float(MIN_VERIFIED_INLIERS)  # inlier counts below this are no geometric evidence: no lower threshold
 
 INLIERS = (40, 30, 25, 20, 15, 10, 0)  # two-view minimums tried (stricter first: ties go to the earlier)
 FAMILIES = {
@@ -104,7 +108,7 @@ def family_table(name: str, folds, runs: dict, grid, settings, precision: float)
     print(f"\n({name}) {FAMILIES[name][0]}")
     print(f"{'held out':<10}{'fold':<30}{'kind':<18}{'precision':>10}{'recall':>8}{'far':>5}{'loops':>7}")
     holds, worst, lines = True, 1.0, {}
-    for fold in leave_one_run_out(runs, specs, precision):
+    for fold in leave_one_run_out(runs, specs, precision, floor=FLOOR):
         if fold.choice is None:
             print(f"{fold.held_out:<10}(no setting keeps the other runs' folds precise)")
             holds, worst = False, 0.0
@@ -168,7 +172,7 @@ def main() -> None:
     if winner is not None:
         keys = [i for i, (g, m) in enumerate(settings) if FAMILIES[winner][1](grid[g], m)]
         runs = tables_for(folds, data, "dhe", grid, settings, keys, memos)
-        best = choose(runs, specs, args.precision)
+        best = choose(runs, specs, args.precision, floor=FLOOR)
         g, m = settings[best.setting]
         print(f"\nwinner: ({winner}); chosen on every fold: {describe(grid[g], m, best.threshold)}")
         figures_on_all(folds, runs, best.setting, best.threshold, "the winner's choice on every fold:")
@@ -179,7 +183,7 @@ def main() -> None:
                       "min_score_dhe": round(best.threshold, 3)})
         for reranker in F.RERANKERS[1:]:
             other = tables_for(folds, data, reranker, grid, settings, [best.setting], memos)
-            found = choose(other, specs, args.precision)
+            found = choose(other, specs, args.precision, floor=FLOOR)
             lines[f"min_score_{reranker}"] = round(found.threshold, 3) if found else "never"
             print(f"  {reranker} under these settings: min_score {lines[f'min_score_{reranker}']}"
                   + (f" (worst camera-resolution recall {found.worst_recall:.3f})" if found else ""))

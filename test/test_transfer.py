@@ -107,3 +107,21 @@ def test_frames_without_a_true_place_count_against_precision_but_not_in_recall()
     assert run_figures(drive, 4.0) == RunFigures(precision=2 / 3, recall=1.0, far=1, loops=3)
     assert run_figures(drive, 6.0) == RunFigures(precision=1.0, recall=0.5, far=0, loops=1)
     assert choose({"d": {0: drive}}, {"d": FoldSpec(("d",))}, 0.95) == Choice(0, 8.0, 0.5)
+
+
+def test_a_right_loop_closure_of_a_frame_without_a_true_place_counts_for_precision_not_recall():
+    # a camera that stood still: a first-traverse frame closing on an older keyframe of the same view is right,
+    # but recall is the share of the second traverse's frames that close
+    drive = np.array([(9, 1, 0, 0), (9, 1, 0, 0), (9, 1, 0, 1), (NONE, 0, 0, 1)], dtype=np.float64)
+    assert run_figures(drive, 5.0) == RunFigures(precision=1.0, recall=0.5, far=0, loops=3)
+    assert choose({"d": {0: drive}}, {"d": FoldSpec(("d",))}, 0.95) == Choice(0, 9.0, 0.5)
+
+
+def test_a_floor_is_the_threshold_where_every_score_above_it_is_safe():
+    # every answer of this setting is right: without a floor the threshold is the lowest score given (8),
+    # with a floor of 3 it is the floor, and a floor never admits a score below it
+    safe = {0: table((10, R), (8, R), (NONE, W), (NONE, W))}
+    specs = {"a": FoldSpec(("a",))}
+    assert choose({"a": safe}, specs, 0.95) == Choice(0, 8.0, 0.5)
+    assert choose({"a": safe}, specs, 0.95, floor=3.0) == Choice(0, 3.0, 0.5)
+    assert choose({"a": {0: table((10, R), (2, F))}}, specs, 0.95, floor=3.0) == Choice(0, 3.0, 0.5)

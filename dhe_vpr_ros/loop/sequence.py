@@ -46,12 +46,13 @@ MAX_WORK = 2_000_000  # speeds x past frames x candidates x candidates, per fram
 class SequenceSettings:
     """What the verifier needs; checked on construction (ValueError naming the field)."""
 
-    # the node's defaults, chosen by benchmarks/calibrate_defaults.py on the real sequences (README)
-    length: int = 2  # frames in the window, the current one included (1: single frame)
+    # the node's defaults, chosen by benchmarks/calibrate_defaults.py on the folds (doc/loop_closure.md): with the
+    # two-view check (LoopPolicy.verify_min_inliers) a single frame and no ratio held on every held-out fold
+    length: int = 1  # frames in the window, the current one included (1: single frame)
     tolerance: int = 2  # places a supporting match may lie off the line
     max_speed: float = 2.0  # places per frame, either direction
-    min_agreeing: int = 2  # frames of the window whose first-ranked place lies on the line (at most length)
-    min_distinctiveness: float = 2.0  # best / best outside the neighbourhood (1: off)
+    min_agreeing: int = 1  # frames of the window whose first-ranked place lies on the line (at most length)
+    min_distinctiveness: float = 1.0  # best / best outside the neighbourhood (1: off)
     neighbourhood: int = 6  # places around the best one that do not count against it
 
     LIMITS = {"length": (1, 100), "tolerance": (0, 1000), "max_speed": (0.0, 1000.0), "min_agreeing": (0, 100),

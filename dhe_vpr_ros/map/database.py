@@ -33,7 +33,7 @@ from .grids import GridFile, SpillFile
 from .index import make_index, search, stored_vectors, trained
 from .keypoints import Keypoints, RowCodec, decode_row, describe, encode_row
 from .records import Place, check_place
-from .static_mask import MIN_USABLE_CELLS, CellMask, CellStatistics, MaskSettings, mask_picture
+from .static_mask import MAX_STATIC_SHARE, MIN_USABLE_CELLS, CellMask, CellStatistics, MaskSettings, mask_picture
 from .storage import check_unchanged, check_writable, clean_leftovers, fsync_file, reading, swap_in
 
 __all__ = ["MapDatabase"]
@@ -94,12 +94,15 @@ class MapDatabase:
         self.mask_settings, self._mask = settings, None
 
     def usable_cells(self) -> np.ndarray | None:
-        """(H*W,) bool cells that may vote, or None when all may. A learned mask that leaves too few cells
-        to verify any place (the map's frames hardly differ: a camera that stood still) is not applied,
-        only the user's part, and that is said once: it would make every score 0 (``build-map`` refuses
-        such a map; a map grown online meets it while the robot stands still at its start)."""
+        """(H*W,) bool cells that may vote, or None when all may. A learned mask that calls most cells
+        static (``MAX_STATIC_SHARE``; a lens ring, a hood and a timestamp cover about a third) or leaves too
+        few to verify any place means the map's frames hardly differ (a camera that stood still): it is not
+        applied, only the user's part, and that is said once; it would make the scores meaningless
+        (``build-map`` refuses a map it leaves too few cells; a map grown online meets it while the robot
+        stands still at its start)."""
         mask = self.mask
-        if mask.static is not None and mask.usable.sum() < MIN_USABLE_CELLS:
+        degenerate = mask.static is not None and mask.static.mean() > MAX_STATIC_SHARE
+        if degenerate or mask.static is not None and mask.usable.sum() < MIN_USABLE_CELLS:
             if not self._mask_warned:
                 self._mask_warned = True
                 log.warning("the learned static-cell mask would leave %d of %d cells to match (the map's %d places "

@@ -28,14 +28,18 @@ import numpy as np
 
 from ..image_conversion import ImageConversionError, decode_file
 
-__all__ = ["DEFAULT_THRESHOLD", "MIN_PLACES", "MIN_USABLE_CELLS", "CellMask", "CellStatistics", "MaskError",
-           "MaskSettings", "mask_picture", "user_mask"]
+__all__ = ["DEFAULT_THRESHOLD", "MAX_STATIC_SHARE", "MIN_PLACES", "MIN_USABLE_CELLS", "CellMask", "CellStatistics",
+           "MaskError", "MaskSettings", "mask_picture", "user_mask"]
 
 DEFAULT_THRESHOLD = 0.85
 MIN_PLACES = 20
 # Fewer usable cells than this leave too few matches to verify any place (DHE calls a candidate
 # verified from 40 inlier matches): such a mask makes every score meaningless, so it is refused.
 MIN_USABLE_CELLS = 64
+# A learned mask that calls more than this share of the cells static is no camera overlay (a fisheye
+# ring, a hood and a timestamp together cover about a third) but a camera that hardly moved: the map's
+# frames are all alike, and such a mask is not applied when matching (``MapDatabase.usable_cells``).
+MAX_STATIC_SHARE = 0.5
 
 
 class MaskError(ValueError):
