@@ -98,8 +98,10 @@ def test_the_shift_start_rescues_a_far_off_homography_and_a_good_one_is_kept():
     both = refine_from_starts(torch.stack([regressed, shifts]), kps, cand_kps, matches, 4, 48, 24, score_px=24)
     assert corner_error(alone[:1], h_true[:1], SIZE, SIZE) > 100  # refinement alone cannot reach it
     assert (corner_error(both, h_true, SIZE, SIZE) < 1.0).all()
-    # where both starts end on the truth (a tie), the regressed start's result is the one kept
-    assert torch.equal(both[1:], alone[1:])
+    # where both starts end on the truth (a tie), the regressed start's result is the one kept; one small
+    # matrix product fits all candidates of a batch, so batches of another size round differently
+    # (7e-5 px here): within 1e-3 px of refining the regressed starts alone
+    assert corner_error(both[1:], alone[1:], SIZE, SIZE).max() < 1e-3
     # batched over candidates == one candidate at a time
     single = torch.cat([refine_from_starts(torch.stack([regressed, shifts])[:, i:i + 1], kps, cand_kps,
                                            Matches(matches.partner[i:i + 1], matches.valid[i:i + 1]), 4, 48, 24,

@@ -6,7 +6,11 @@ The regressor's homography decides which mutual-NN matches are inliers (within t
 threshold); a weighted DLT over those inliers, repeated a few rounds with a shrinking
 threshold, makes the homography as accurate as the matches allow. No random sampling: all
 K candidates of a query are refined in one batched pass, at a small fixed cost. The weighted
-DLT is kornia's ``find_homography_dlt``.
+DLT is the one of kornia's ``find_homography_dlt`` (the 9 x 9 normal matrix solved against ones),
+with one difference that makes a round cheap: the points are normalised once, with the Hartley
+transform of the keypoint grids, instead of the weighted one of each round's inliers. The query
+points are one grid shared by every candidate, so all K normal matrices of a round come from one
+small matrix product (``_GridDLT``) instead of K design matrices (doc/speed.md has the timings).
 
 Why not kornia's ``find_homography_dlt_iterated`` as a whole: it re-weights every
 correspondence with a Gaussian of its error, so matches that are not mutual nearest neighbours
@@ -25,9 +29,8 @@ from __future__ import annotations
 import math
 
 import torch
-from kornia.geometry.homography import find_homography_dlt
 
-from .matching import Matches, count_inliers, reprojection_errors
+from .matching import Matches, count_inliers
 
 __all__ = ["inlier_thresholds", "refine_from_starts", "refine_homographies", "shift_hypotheses"]
 
@@ -44,6 +47,57 @@ def inlier_thresholds(rounds: int, high_px: float, low_px: float) -> list[float]
     return [high_px] * hold + [high_px - (high_px - low_px) * (i + 1) / shrink for i in range(shrink)]
 
 
+def _hartley(points: torch.Tensor) -> torch.Tensor:
+    """(3, 3): the similarity taking ``points`` (N, 2) to centroid 0 and mean distance sqrt(2)."""
+    centroid = points.mean(0)
+    scale = math.sqrt(2.0) / (points - centroid).norm(dim=-1).mean().clamp_min(1e-8)
+    transform = torch.eye(3, dtype=points.dtype, device=points.device)
+    transform[0, 0] = transform[1, 1] = scale
+    transform[:2, 2] = -scale * centroid
+    return transform
+
+
+# the 6 distinct entries of a symmetric 3 x 3 matrix, in row-major order of its upper triangle
+_UPPER = [(0, 0), (0, 1), (0, 2), (1, 1), (1, 2), (2, 2)]
+
+
+class _GridDLT:
+    """The weighted DLT of one query keypoint grid (N points, shared by all K candidates) against each
+    candidate's partners, at the cost of one small matrix product a round.
+
+    With ``p = (x, y, 1)`` a (normalised) query point and ``(u, v)`` its partner, a correspondence's two
+    rows are ``[0, -p, v p]`` and ``[p, 0, -u p]``, so the normal matrix ``sum w rows^T rows`` has only
+    four distinct 3 x 3 blocks, each a weighted sum of ``P = p p^T`` over the grid: ``A`` (weights w),
+    ``Bu`` (w u), ``Bv`` (w v) and ``C`` (w (u^2 + v^2)):  ``[[A, 0, -Bu], [0, A, -Bv], [-Bu, -Bv, C]]``.
+    ``P``'s 6 distinct entries per grid point are fixed, so all K candidates' blocks are one (4K, N) x
+    (N, 6) product of the weights with them."""
+
+    def __init__(self, query_points: torch.Tensor, candidate_grid: torch.Tensor, partners: torch.Tensor):
+        self.t1, t2 = _hartley(query_points), _hartley(candidate_grid)
+        self.t2_inverse = torch.linalg.inv(t2)
+        p = torch.cat([query_points * self.t1[0, 0] + self.t1[:2, 2], torch.ones_like(query_points[:, :1])], -1)
+        self.entries = torch.stack([p[:, i] * p[:, j] for i, j in _UPPER], -1)  # (N, 6)
+        uv = partners * t2[0, 0] + t2[:2, 2]  # (K, N, 2)
+        self.factors = torch.stack([torch.ones_like(uv[..., 0]), uv[..., 0], uv[..., 1], uv.square().sum(-1)])
+
+    def fit(self, weights: torch.Tensor) -> torch.Tensor:
+        """(K, 3, 3) homographies minimising the weighted algebraic error (``weights`` (K, N)): the normal
+        matrix solved against ones, as kornia's LU solver does; not finite where it is singular."""
+        k = weights.shape[0]
+        sums = ((self.factors * weights).reshape(4 * k, -1) @ self.entries).view(4, k, 6)
+        blocks = torch.zeros(4, k, 3, 3, dtype=weights.dtype, device=weights.device)
+        for index, (i, j) in enumerate(_UPPER):
+            blocks[..., i, j] = blocks[..., j, i] = sums[..., index]
+        a, bu, bv, c = blocks
+        zero = torch.zeros_like(a)
+        normal = torch.cat([torch.cat([a, zero, -bu], -1), torch.cat([zero, a, -bv], -1),
+                            torch.cat([-bu, -bv, c], -1)], -2)  # (K, 9, 9)
+        solution, info = torch.linalg.solve_ex(normal, torch.ones_like(normal[..., 0]))
+        solution = torch.where((info == 0)[:, None], solution, torch.full_like(solution, float("nan")))
+        h = self.t2_inverse @ solution.view(-1, 3, 3) @ self.t1
+        return h / h[:, 2:3, 2:3]
+
+
 @torch.no_grad()
 def refine_homographies(homographies: torch.Tensor, query_keypoints: torch.Tensor,
                         candidate_keypoints: torch.Tensor, matches: Matches, rounds: int,
@@ -54,22 +108,26 @@ def refine_homographies(homographies: torch.Tensor, query_keypoints: torch.Tenso
     with (K, N) partner/valid. Returns (K, 3, 3). A candidate keeps its current homography in
     a round where it has fewer than ``MIN_INLIERS`` inliers or the fit is not finite.
     """
+    thresholds = inlier_thresholds(rounds, high_px, low_px)
+    if not thresholds:
+        return homographies
+    dtype = homographies.dtype
+    query_points, grid = query_keypoints.to(dtype), candidate_keypoints.to(dtype)
+    targets = grid[matches.partner]  # (K, N, 2): the same partners every round
+    dlt = _GridDLT(query_points, grid, targets)
+    homogeneous_t = torch.cat([query_points, torch.ones_like(query_points[:, :1])], -1).T  # (3, N)
     k = homographies.shape[0]
-    query_points = query_keypoints.to(homographies.dtype).expand(k, -1, -1)
-    candidate_points = candidate_keypoints.to(homographies.dtype)[matches.partner]  # (K, N, 2)
     current = homographies
-    for threshold in inlier_thresholds(rounds, high_px, low_px):
-        errors = reprojection_errors(current, query_keypoints, candidate_keypoints, matches)
-        weights = (errors < threshold).to(homographies.dtype)  # non-matches have infinite error
+    for threshold in thresholds:
+        projected = (current.reshape(3 * k, 3) @ homogeneous_t).view(k, 3, -1)  # one product for all K
+        squared = (projected[:, :2] / projected[:, 2:] - targets.transpose(1, 2)).square().sum(1)
+        weights = (matches.valid & (squared < threshold * threshold)).to(dtype)
         enough = weights.sum(-1) >= MIN_INLIERS
         if not enough.any():
             break
-        fitted = find_homography_dlt(query_points[enough], candidate_points[enough], weights[enough])
-        keep = torch.isfinite(fitted).flatten(1).all(-1)
-        update = current[enough].clone()
-        update[keep] = fitted[keep] / fitted[keep, 2:3, 2:3]
-        current = current.clone()
-        current[enough] = update
+        fitted = dlt.fit(weights)
+        update = enough & torch.isfinite(fitted).flatten(1).all(-1)
+        current = torch.where(update[:, None, None], fitted, current)
     return current
 
 
