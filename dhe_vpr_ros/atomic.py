@@ -1,17 +1,27 @@
 # Copyright 2026 dhe_vpr_ros maintainers
 # SPDX-License-Identifier: Apache-2.0
-"""Crash-safe writes: temporary files and directories beside the target, fsync, rename.
+"""The one door every file and folder the package writes goes through (``reading`` is the one for reading).
 
-Temporaries carry an exclusive ``flock`` for as long as their writer lives, so leftovers of a
-killed writer are told from a live one's by trying the lock (``remove_stale``). What is
-written gets the permissions the user's umask gives (0644 / 0755 under 022), not the 0600
-of ``mkstemp``.
+* **Where it goes** (``resolve_output``): the path is resolved once (``os.path.realpath``: ``/dev/..``,
+  relative parts and links in the folders above all end in one real path). Only ``-``, the process's own
+  descriptors (``/dev/stdout``, ``/dev/stderr``, ``/dev/fd/N``) and what ``stat`` says is a character
+  device, a FIFO or a socket are written as a stream, in place; everything else is a file, replaced
+  atomically, never written through a symbolic link, never a folder, never write-protected.
+* **Before the work** (``check_output``): the checks above, the name's length against the file system's
+  limit, the caller's ownership rule (``owned``: a file the command did not write is never replaced) and,
+  where the size is known, the free space: a run that would fail at its end fails before it starts.
+* **Temporaries** (``Scratch``): a folder with a short random name (``.dhe_vpr_ros-XXXX.tmp``, whatever the
+  target's name), a marker file only this package writes, and an exclusive lock held while its writer
+  lives. ``remove_stale`` removes only such folders whose writer is gone: never a file or folder by its
+  name alone. A file is written into one, fsynced, renamed over its target, the folder removed.
+* **Errors**: every ``OSError`` becomes a ``WriteError`` (an ``OSError``) whose one line names the path and
+  the reason in plain words ("disk full", "read-only file system", "name too long").
+* **Faults by construction**: every write of a file's bytes goes through ``write_bytes`` or a ``guarded``
+  file, where ``DHE_VPR_ROS_FAULT`` (``N:ENOSPC``, ``N:EIO``, ``N:KILL``, ``N:TERM``) makes the Nth write of
+  the process fail or the process die there, so tests reach every write in turn (test/faults).
 
-What the user protected stays protected: a write-protected target is refused even where a
-rename in its parent would succeed; special files (``-``, /dev/stdout, a FIFO) are written as
-streams, never replaced; a symbolic link is never written through. ``unnamed_tempfile`` makes
-scratch files that have no name until they are linked: a killed process leaves nothing. (The
-writer lock that serialises the writers of one target is ``locks``.)
+What is written gets the permissions the user's umask gives (0644 / 0755 under 022). (The writer lock
+that serialises the writers of one target is ``locks``.)
 """
 from __future__ import annotations
 
@@ -20,19 +30,143 @@ import ctypes
 import ctypes.util
 import errno
 import fcntl
+import json
 import logging
 import os
+import re
+import secrets
 import shutil
+import signal
 import stat
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
-__all__ = ["atomic_write", "check_not_protected", "check_output", "exchange", "fsync_directory", "is_stream",
-           "link_unnamed", "lock_exclusive", "locked_tempdir", "locked_tempfile", "remove_stale", "umask_mode",
-           "unnamed_tempfile"]
+from .reading import InputError, read_bytes, reason
+
+__all__ = ["Output", "Scratch", "WriteError", "atomic_write", "check_free_space", "check_not_protected",
+           "check_output", "exchange", "fsync_directory", "fsync_file", "guarded", "is_stream", "link_unnamed",
+           "lock_exclusive", "remove_stale", "resolve_output", "umask_mode", "unnamed_tempfile", "write_bytes",
+           "write_error"]
 
 log = logging.getLogger(__name__)
+
+
+class WriteError(OSError):
+    """A file the package could not write: one line, naming the path and the reason."""
+
+    def __str__(self) -> str:
+        return f"cannot write {self.filename}: {self.strerror}"
+
+
+def write_error(path, exc: OSError, doing: str = "") -> WriteError:
+    """``exc`` as a WriteError naming ``path`` (and the part that failed, where it is another path)."""
+    if isinstance(exc, WriteError):
+        return exc
+    words = reason(exc) if exc.errno is not None else str(exc)
+    other = exc.filename if exc.filename and str(exc.filename) != str(path) else None
+    detail = f"{words}" + (f" ({other})" if other else "") + (f", {doing}" if doing else "")
+    return WriteError(exc.errno or errno.EIO, detail, str(path))
+
+
+# -- faults by construction --------------------------------------------------------------------
+_FAULT = re.compile(r"^(\d+):(ENOSPC|EIO|EDQUOT|EROFS|KILL|TERM)$")
+_writes = 0
+
+
+def _fault() -> tuple[int, str] | None:
+    spec = os.environ.get("DHE_VPR_ROS_FAULT", "")
+    match = _FAULT.match(spec)
+    return (int(match.group(1)), match.group(2)) if match else None
+
+
+def _count_write() -> None:
+    """One more write of file bytes; the fault of ``DHE_VPR_ROS_FAULT`` happens at the Nth."""
+    global _writes
+    _writes += 1
+    fault = _fault()
+    if fault is None or fault[0] != _writes:
+        return
+    what = fault[1]
+    if what == "KILL":
+        os.kill(os.getpid(), signal.SIGKILL)
+    if what == "TERM":
+        os.kill(os.getpid(), signal.SIGTERM)
+        return
+    code = getattr(errno, what)
+    raise OSError(code, os.strerror(code))
+
+
+class guarded:
+    """A file object whose writes count for the fault hook (what ``atomic_write`` yields)."""
+
+    def __init__(self, handle):
+        self._handle = handle
+
+    def write(self, data):
+        _count_write()
+        return self._handle.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self._handle, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._handle.close()
+
+
+def write_bytes(path: str | os.PathLike, data: bytes | bytearray | memoryview) -> None:
+    """Write ``data`` to a new file ``path`` inside a folder this process made (a ``Scratch``, a map being
+    written): no replacement semantics, just the guarded write and the file's own fsync."""
+    _count_write()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, umask_mode())
+    try:
+        view = memoryview(data).cast("B")
+        while view.nbytes:
+            written = os.write(fd, view)
+            view = view[written:]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# -- where an output goes ------------------------------------------------------------------------
+_OWN_DESCRIPTORS = re.compile(r"^/(?:dev/(?:stdout|stderr|fd/\d+)|proc/self/fd/\d+)$")
+
+
+@dataclass(frozen=True)
+class Output:
+    """An output as resolved: ``path`` the real path of a file (``given`` as the user wrote it), or a
+    stream (``-``, an own descriptor, a device, a FIFO or a socket) written in place."""
+
+    given: str
+    path: Path
+    stream: bool
+
+
+def resolve_output(path: str | os.PathLike) -> Output:
+    """Where ``path`` really goes (see the module's docstring); WriteError where it cannot be looked at."""
+    given = os.fsdecode(path)
+    if given == "-" or _OWN_DESCRIPTORS.match(given):
+        return Output(given, Path(given), True)
+    try:
+        mode = os.stat(given).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        mode = None
+    except OSError as exc:
+        raise write_error(given, exc) from None
+    if mode is not None and (stat.S_ISCHR(mode) or stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)):
+        return Output(given, Path(given), True)
+    return Output(given, Path(os.path.realpath(given)), False)
+
+
+def is_stream(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is written as a stream, in place (``resolve_output``), never replaced."""
+    return resolve_output(path).stream
 
 
 def fsync_directory(path: str | os.PathLike) -> None:
@@ -41,6 +175,14 @@ def fsync_directory(path: str | os.PathLike) -> None:
         fd = os.open(path, os.O_RDONLY)
     except OSError:
         return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_file(path: str | os.PathLike) -> None:
+    fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
@@ -90,128 +232,139 @@ def check_not_protected(path: str | os.PathLike, what: str = "") -> None:
                                   "nothing was changed", str(entry))
 
 
-def is_stream(path: str | os.PathLike) -> bool:
-    """``-``, or a path that is (or leads to) no regular file: a terminal, /dev/null, /dev/full, a
-    pipe or FIFO, /dev/stdout. Such a path is written to as it is, never replaced."""
-    if str(path) == "-":
-        return True
-    path = Path(path)
-    if str(path).startswith(("/dev/", "/proc/")):
-        return True
-    try:
-        mode = os.stat(path).st_mode
-    except OSError:
-        return False
-    return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
-
-
-@contextlib.contextmanager
-def _stream(path: str | os.PathLike, mode: str):
-    """Write to stdout (``-``) or an existing special file; an error of the file names it."""
-    name = "standard output" if str(path) == "-" else str(path)
-    try:
-        if str(path) == "-":
-            handle = os.fdopen(os.dup(sys.stdout.fileno()), mode)
-            sys.stdout.flush()
-        else:
-            handle = open(path, mode)
-        with handle:
-            yield handle
-            handle.flush()
-    except OSError as exc:
-        raise OSError(exc.errno, exc.strerror or str(exc), name) from None
-
-
-def check_output(path: str | os.PathLike) -> None:
-    """The checks ``atomic_write`` makes, before any work: OSError naming the path when ``path``
-    could not be written (a directory, a link, write-protected, under a file, an unwritable folder)."""
-    if is_stream(path):
-        return
-    target = Path(path)
-    if target.is_symlink():
-        raise OSError(errno.ELOOP, f"is a symbolic link (to {os.readlink(target)}), not a file: give the file's own "
-                      "path, or remove the link; nothing was written", str(target))
-    if target.is_dir():
-        raise IsADirectoryError(errno.EISDIR, "is a directory, not a file", str(target))
-    check_not_protected(target)
+def _existing_parent(target: Path) -> Path:
     parent = target.parent
     while not parent.exists() and not parent.is_symlink() and parent != parent.parent:
         parent = parent.parent
-    if not parent.is_dir():
-        raise NotADirectoryError(errno.ENOTDIR, f"is not a folder, so {target} cannot be made in it", str(parent))
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise PermissionError(errno.EACCES, f"is not writable, so {target} cannot be made in it", str(parent))
+    return parent
 
 
-@contextlib.contextmanager
-def atomic_write(path: str | os.PathLike, mode: str = "wb"):
-    """Yield a file object; on success it replaces ``path`` atomically, on error ``path`` is
-    untouched. ``-`` and special files (``is_stream``) are written as streams, never replaced;
-    a symbolic link or a write-protected file is refused. A failure of the file system (full
-    disk, a directory in the way, no permission) is an OSError that names ``path``."""
-    if is_stream(path):
-        with _stream(path, mode) as handle:
-            yield handle
+def check_free_space(where: str | os.PathLike, size: int, target: str | os.PathLike | None = None) -> None:
+    """WriteError (disk full) unless the file system of ``where`` has ``size`` bytes free, with a margin."""
+    folder = _existing_parent(Path(where) / "x")
+    try:
+        info = os.statvfs(folder)
+    except OSError:
         return
-    target = Path(path)
-    check_output(target)
+    free = info.f_bavail * info.f_frsize
+    needed = int(size * 1.05) + (1 << 20)
+    if free < needed:
+        raise WriteError(errno.ENOSPC, f"disk full: {needed / 1e6:.1f} MB needed, {free / 1e6:.1f} MB free on "
+                         f"{folder}; nothing was written", str(target or where))
+
+
+def check_output(path: str | os.PathLike, owned: Callable[[Path], bool] | None = None,
+                 size: int | None = None) -> None:
+    """The checks ``atomic_write`` makes, before any work: OSError naming the path when ``path``
+    could not be written (a link, a folder, write-protected, a name too long, under a file, an
+    unwritable folder, not ``owned`` by the command, too little free space for ``size`` bytes)."""
+    out = resolve_output(path)
+    if out.stream:
+        return
+    given = Path(out.given)
+    if given.is_symlink():
+        raise WriteError(errno.ELOOP, f"is a symbolic link (to {os.readlink(given)}), not a file: give the file's "
+                         "own path, or remove the link; nothing was written", str(given))
+    target = out.path
+    if target.is_dir():
+        raise WriteError(errno.EISDIR, "is a folder, not a file", str(given))
     try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = locked_tempfile(target.parent, f".{target.name}.", ".tmp")
-    except OSError as exc:
-        where = exc.filename if exc.filename and str(exc.filename) != str(target) else target.parent
-        raise OSError(exc.errno, f"{exc.strerror or exc} (writing {target})", str(where)) from None
+        check_not_protected(target)
+    except PermissionError as exc:
+        raise WriteError(exc.errno, exc.strerror, exc.filename) from None
+    if target.exists() and owned is not None and not owned(target):
+        raise WriteError(errno.EEXIST, "was not written by dhe_vpr_ros: refusing to replace it (nothing was "
+                         "changed); choose a new file name", str(given))
+    parent = _existing_parent(target)
+    if not parent.is_dir():
+        raise WriteError(errno.ENOTDIR, f"is not a folder, so {given} cannot be made in it", str(parent))
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise WriteError(errno.EACCES, f"{parent} is not writable; nothing was written", str(given))
+    check_name(target, parent)
+    if size is not None:
+        check_free_space(parent, size, given)
+
+
+def check_name(target: Path, parent: Path | None = None) -> None:
+    """WriteError (name too long) when ``target``'s name or path exceeds its file system's limits."""
+    parent = parent or _existing_parent(target)
     try:
-        with os.fdopen(fd, mode) as handle:
-            yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, target)
-        fsync_directory(target.parent)
-    except BaseException as exc:
+        name_max, path_max = os.pathconf(parent, "PC_NAME_MAX"), os.pathconf(parent, "PC_PATH_MAX")
+    except (OSError, ValueError):
+        name_max, path_max = 255, 4096
+    name = len(os.fsencode(target.name))
+    if name > name_max or len(os.fsencode(str(target))) >= path_max:
+        raise WriteError(errno.ENAMETOOLONG, f"name too long ({name} bytes; {name_max} at most here); nothing "
+                         "was written", str(target))
+
+
+# -- temporaries ---------------------------------------------------------------------------------
+class Scratch:
+    """A temporary folder of this package's beside a target (see the module's docstring). ``path`` holds
+    the work; ``release()`` removes it, ``unmark()`` drops the marker just before the folder itself is
+    renamed into place (a map's new version)."""
+
+    PREFIX, SUFFIX, MARKER = ".dhe_vpr_ros-", ".tmp", ".dhe_vpr_ros-temporary"
+
+    def __init__(self, parent: str | os.PathLike, purpose: str):
+        parent = Path(parent)
+        for _ in range(100):
+            path = parent / f"{self.PREFIX}{secrets.token_hex(6)}{self.SUFFIX}"
+            try:
+                os.mkdir(path, 0o700)
+                break
+            except FileExistsError:
+                continue
+        else:  # pragma: no cover - 100 collisions of 48 random bits
+            raise WriteError(errno.EEXIST, "no free temporary name", str(parent))
+        try:
+            os.chmod(path, umask_mode(directory=True))
+            self.fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            lock_exclusive(self.fd)
+            record = {"tool": "dhe_vpr_ros", "pid": os.getpid(), "purpose": purpose}
+            write_bytes(path / self.MARKER, json.dumps(record).encode())
+        except BaseException:
+            shutil.rmtree(path, ignore_errors=True)
+            raise
+        self.path = path
+
+    def unmark(self) -> None:
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        if isinstance(exc, OSError) and exc.errno is not None:
-            raise OSError(exc.errno, exc.strerror or str(exc), str(target)) from None
-        raise
+            os.unlink(self.path / self.MARKER)
+
+    def release(self, remove: bool = True) -> None:
+        """Remove the folder (what is left in it) and drop the lock."""
+        if remove:
+            shutil.rmtree(self.path, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            os.close(self.fd)
+
+    @classmethod
+    def is_ours(cls, path: Path) -> bool:
+        """Whether ``path`` is a folder this package made as a temporary (its name and its marker)."""
+        if not (path.name.startswith(cls.PREFIX) and path.name.endswith(cls.SUFFIX)) or path.is_symlink():
+            return False
+        try:  # through the read door: a FIFO put where the marker should be must not block this
+            record = json.loads(read_bytes(path / cls.MARKER, "temporary marker", 4096))
+        except (OSError, InputError, ValueError):
+            return False
+        return isinstance(record, dict) and record.get("tool") == "dhe_vpr_ros"
 
 
-def locked_tempfile(directory: str | os.PathLike | None, prefix: str, suffix: str) -> tuple[int, str]:
-    """(fd, path) of a new file, locked for as long as ``fd`` is open, umask permissions."""
-    fd, path = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=directory)
-    try:
-        lock_exclusive(fd)
-        os.fchmod(fd, umask_mode())
-    except BaseException:
-        os.close(fd)
-        os.unlink(path)
-        raise
-    return fd, path
-
-
-def locked_tempdir(parent: str | os.PathLike, prefix: str) -> tuple[Path, int]:
-    """(path, lock fd) of a new directory, locked until the fd is closed, umask permissions."""
-    path = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
-    os.chmod(path, umask_mode(directory=True))
-    fd = os.open(path, os.O_RDONLY)
-    lock_exclusive(fd)
-    return path, fd
-
-
-def remove_stale(directory: str | os.PathLike, prefix: str, suffix: str = "") -> list[Path]:
-    """Remove temporaries (files or directories) named ``prefix*suffix`` in ``directory`` whose
-    writer is gone: their lock can be taken. A live writer's are left alone. Returns what went."""
+def remove_stale(directory: str | os.PathLike) -> list[Path]:
+    """Remove this package's temporaries (``Scratch`` folders) in ``directory`` whose writer is gone (their
+    lock can be taken); a live writer's, and anything without the package's marker, are left alone."""
     try:
         entries = list(Path(directory).iterdir())
     except OSError:
         return []
     removed = []
     for entry in entries:
-        if not (entry.name.startswith(prefix) and entry.name.endswith(suffix)):
+        if not Scratch.is_ours(entry):
             continue
         try:
-            fd = os.open(entry, os.O_RDONLY | os.O_NOFOLLOW)
-        except OSError:  # gone, or a link: not a temporary of ours
+            fd = os.open(entry, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        except OSError:
             continue
         try:
             lock_exclusive(fd)  # raises while the writer lives
@@ -219,10 +372,7 @@ def remove_stale(directory: str | os.PathLike, prefix: str, suffix: str = "") ->
             os.close(fd)
             continue
         try:
-            if entry.is_dir():
-                shutil.rmtree(entry)
-            else:
-                entry.unlink()
+            shutil.rmtree(entry)
             removed.append(entry)
         except OSError:
             pass
@@ -231,6 +381,59 @@ def remove_stale(directory: str | os.PathLike, prefix: str, suffix: str = "") ->
     return removed
 
 
+# -- writing a file ------------------------------------------------------------------------------
+@contextlib.contextmanager
+def _stream(out: Output, mode: str):
+    """Write to stdout (``-``), an own descriptor, or a device / FIFO / socket, in place."""
+    name = "standard output" if out.given == "-" else out.given
+    try:
+        if out.given == "-":
+            sys.stdout.flush()
+            handle = os.fdopen(os.dup(sys.stdout.fileno()), mode)
+        else:
+            handle = open(out.given, mode)
+        with handle:
+            yield guarded(handle)
+            handle.flush()
+    except OSError as exc:
+        raise write_error(name, exc) from None
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike, mode: str = "wb", owned: Callable[[Path], bool] | None = None,
+                 size: int | None = None):
+    """Yield a file object; on success it replaces ``path`` atomically, on error ``path`` is untouched
+    and nothing is left beside it. Streams (``resolve_output``) are written in place. Every check of
+    ``check_output`` is made first; a failure of the file system is a WriteError naming ``path``."""
+    out = resolve_output(path)
+    if out.stream:
+        with _stream(out, mode) as handle:
+            yield handle
+        return
+    check_output(path, owned, size)
+    target = out.path
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale(target.parent)
+        scratch = Scratch(target.parent, target.name)
+    except OSError as exc:
+        raise write_error(out.given, exc) from None
+    try:
+        data = scratch.path / "data"
+        with open(data, mode) as handle:
+            yield guarded(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(data, umask_mode())
+        os.replace(data, target)
+        fsync_directory(target.parent)
+    except OSError as exc:
+        raise write_error(out.given, exc) from None
+    finally:
+        scratch.release()
+
+
+# -- whole folders -------------------------------------------------------------------------------
 def exchange(a: Path, b: Path) -> bool:
     """Atomically swap two paths with renameat2(RENAME_EXCHANGE); False where unsupported."""
     libc_name = ctypes.util.find_library("c")
@@ -247,7 +450,7 @@ def exchange(a: Path, b: Path) -> bool:
 def unnamed_tempfile(directory: str | os.PathLike | None) -> int:
     """An fd of a file with no name in ``directory`` (O_TMPFILE): whatever happens to this
     process, nothing is left behind; ``link_unnamed`` gives it a name. OSError where the file
-    system cannot (the caller then falls back to a named, locked temporary)."""
+    system cannot (the caller then falls back to a file in a ``Scratch`` folder)."""
     flags = os.O_RDWR | getattr(os, "O_TMPFILE", 0)
     if not getattr(os, "O_TMPFILE", 0):
         raise OSError(errno.EOPNOTSUPP, "O_TMPFILE is not available here")

@@ -22,6 +22,7 @@ from dhe_vpr_ros.method.geometry import corner_error
 from dhe_vpr_ros.method.identity import model_identity
 from dhe_vpr_ros.method.localizer import Localizer
 from dhe_vpr_ros.map.database import MapDatabase
+from dhe_vpr_ros.map.format import MapError, fingerprint
 from dhe_vpr_ros.map.records import Place
 from dhe_vpr_ros.map.records import Pose as MapPose
 from dhe_vpr_ros.method.models import build_model, save_checkpoint
@@ -305,6 +306,12 @@ def test_non_finite_candidates_are_skipped_and_never_returned(tmp_path, model):
     grids = np.fromfile(tmp_path / "map" / "local.f16", np.float16).reshape(3, -1)
     grids[1, 7] = np.nan  # place 1's stored grid is damaged on disk
     grids.tofile(tmp_path / "map" / "local.f16")
+    with pytest.raises(MapError, match="local.f16 is not the file this map was written with"):
+        MapDatabase.open(tmp_path / "map")  # the manifest's fingerprint of the file tells
+    # damage between the blocks a fingerprint samples (a large map): the query still never returns it
+    manifest = json.loads((tmp_path / "map" / "manifest.json").read_text())
+    manifest["files"]["local.f16"]["fingerprint"] = fingerprint(tmp_path / "map" / "local.f16")
+    (tmp_path / "map" / "manifest.json").write_text(json.dumps(manifest))
     loc.database = MapDatabase.open(tmp_path / "map", expect=model_identity(model))
     result = loc.query(images[1])
     assert 1 not in [c.place_id for c in result.candidates] and result.skipped == 1

@@ -11,6 +11,7 @@ import time
 import numpy as np
 import pytest
 
+from dhe_vpr_ros.atomic import Scratch
 from dhe_vpr_ros.map.database import MapDatabase
 from dhe_vpr_ros.map.format import MapError
 from dhe_vpr_ros.map.records import Place, Pose
@@ -114,7 +115,8 @@ def test_killed_save_leaves_previous_map_loadable(tmp_path):
     """)
     proc = subprocess.Popen([sys.executable, "-c", script])
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and not any(p.name.startswith(".map.tmp-") for p in tmp_path.iterdir()):
+    while time.monotonic() < deadline and not any(Scratch.is_ours(p) and (p / "global.faiss").exists()
+                                                  for p in tmp_path.iterdir()):
         assert proc.poll() is None, "the writer finished before it could be killed"
         time.sleep(0.01)
     proc.send_signal(signal.SIGKILL)
@@ -128,40 +130,44 @@ def test_killed_save_leaves_previous_map_loadable(tmp_path):
 _HOLD_SPILL = """
 import sys, time
 import numpy as np
-from dhe_vpr_ros.atomic import locked_tempfile
+from dhe_vpr_ros.atomic import Scratch
 from dhe_vpr_ros.map.database import MapDatabase
 from dhe_vpr_ros.method.identity import ModelIdentity
 db = MapDatabase(ModelIdentity("efficientnet_lite0", "abc123", 384, (8, 4, 4), 16), spill_dir=sys.argv[1])
 db.add(np.random.rand(3, 16).astype("float32"), np.ones((3, 8, 4, 4), "float16"))
 assert db._spill.path is None  # an unnamed file: nothing to see, nothing to leave
-fd, named = locked_tempfile(sys.argv[1], ".grids-", ".spill")  # what file systems without O_TMPFILE get
+held = Scratch(sys.argv[1], "spilled rows")  # what file systems without O_TMPFILE get: marked, locked
 print("spilling", flush=True)
 time.sleep(120)
 """
 
 
-def test_leftovers_of_a_dead_writer_go_and_a_live_writers_stay(tmp_path):
+def test_leftovers_of_a_dead_writer_go_and_a_live_writers_stay_and_a_users_never_go(tmp_path):
     from dhe_vpr_ros.map.storage import clean_leftovers
     _build(tmp_path / "map")
+    users = [tmp_path / ".map.tmp-keep", tmp_path / ".grids-mine.spill"]  # named like old temporaries: not ours
+    users[0].mkdir()
+    (users[0] / "notes.txt").write_text("mine")
+    users[1].write_bytes(b"\0" * 64)
     writer = subprocess.Popen([sys.executable, "-c", _HOLD_SPILL, str(tmp_path)], stdout=subprocess.PIPE, text=True)
     try:
         assert writer.stdout.readline().strip() == "spilling"
-        spills = [p for p in tmp_path.iterdir() if p.name.startswith(".grids-")]
-        assert len(spills) == 1  # only the named fallback is visible
-        dead_tmp = tmp_path / ".map.tmp-dead"  # a temp dir nobody holds, as a SIGKILL leaves it
-        dead_tmp.mkdir()
-        (dead_tmp / "local.f16").write_bytes(b"\0" * 64)
+        live = [p for p in tmp_path.iterdir() if Scratch.is_ours(p)]
+        assert len(live) == 1  # only the named fallback is visible
+        dead = Scratch(tmp_path, "a write that was killed")
+        dead.release(remove=False)  # its lock is free, as a SIGKILL leaves it
         removed = clean_leftovers((tmp_path / "map").resolve())
-        assert [p.name for p in removed] == [".map.tmp-dead"]
-        assert spills[0].exists()  # the living writer's spill is untouched
+        assert removed == [dead.path]
+        assert live[0].exists()  # the living writer's temporary is untouched
         MapDatabase.open(tmp_path / "map")
-        assert spills[0].exists()
+        assert live[0].exists()
     finally:
         writer.kill()
         writer.wait()
-    MapDatabase.open(tmp_path / "map")  # the writer is dead now: its spill goes
-    assert not spills[0].exists()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["map"]
+    MapDatabase.open(tmp_path / "map")  # the writer is dead now: its temporary goes
+    assert not live[0].exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["map", *(p.name for p in users)])
+    assert (users[0] / "notes.txt").read_text() == "mine" and users[1].stat().st_size == 64
 
 
 @pytest.mark.parametrize("umask,dir_mode,file_mode", [(0o022, 0o755, 0o644), (0o077, 0o700, 0o600)])

@@ -2,6 +2,7 @@
 # SPDX-License-Identifier: Apache-2.0
 """Nothing lost under concurrency and bad data: one test per case of the probe that found
 data lost or a traceback (real processes, real maps, real files; each asserts the behaviour)."""
+import errno
 import json
 import logging
 import os
@@ -10,7 +11,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -240,20 +240,23 @@ def test_a_killed_process_leaves_no_spilled_grids_in_the_temp_folder(tmp_path):
 
 
 def test_named_spills_of_gone_processes_are_removed_and_a_live_one_is_kept(tmp_path):
-    """Case 10 where a spill has a name (an older version, a file system without O_TMPFILE): the
-    next map that spills into that folder removes the dead ones, never one a process still holds."""
-    from dhe_vpr_ros.atomic import locked_tempfile
-    dead = tmp_path / ".grids-dead.spill"
-    dead.write_bytes(b"\0" * 4096)
-    live_fd, live = locked_tempfile(str(tmp_path), ".grids-", ".spill")
+    """Case 10 where a spill has a name (a file system without O_TMPFILE): the next map that spills into
+    that folder removes the dead ones (marked as this package's), never one a process still holds, and
+    never a file that only looks like one (issue 33: evaluate removed `.grids-*.spill` files it did not make)."""
+    from dhe_vpr_ros.atomic import Scratch
+    dead = Scratch(tmp_path, "spilled rows")
+    (dead.path / "rows").write_bytes(b"\0" * 4096)
+    dead.release(remove=False)
+    live = Scratch(tmp_path, "spilled rows")
+    lookalike = tmp_path / ".grids-dead.spill"
+    lookalike.write_bytes(b"\0" * 4096)
     try:
         db = MapDatabase(ModelIdentity("efficientnet_lite0", "abc123", 384, (8, 4, 4), 16), spill_dir=str(tmp_path))
         db.add(np.random.rand(2, 16).astype("float32"), np.ones((2, 8, 4, 4), "float16"))
-        assert not dead.exists() and Path(live).exists()
+        assert not dead.path.exists() and live.path.exists() and lookalike.stat().st_size == 4096
         assert db.local_features([1]).shape == (1, 8, 4, 4)
     finally:
-        os.close(live_fd)
-        os.unlink(live)
+        live.release()
 
 
 @pytest.mark.parametrize("storage", ["mcap", "sqlite3"])
@@ -310,11 +313,11 @@ def test_a_directory_where_a_file_is_expected_is_named(tmp_path, caplog):
     (tmp_path / "a_file").write_text("x")
     assert main(["convert-checkpoint", str(tmp_path / "missing.pt"), str(tmp_path / "a_file" / "out.pt")]) == 2
     assert str(tmp_path) in one_error(caplog)
-    from dhe_vpr_ros.atomic import atomic_write
+    from dhe_vpr_ros.atomic import WriteError, atomic_write
     (tmp_path / "dir").mkdir()
-    with pytest.raises(IsADirectoryError) as info, atomic_write(tmp_path / "dir") as handle:
+    with pytest.raises(WriteError) as info, atomic_write(tmp_path / "dir") as handle:
         handle.write(b"x")
-    assert info.value.filename == str(tmp_path / "dir")
+    assert info.value.errno == errno.EISDIR and info.value.filename == str(tmp_path / "dir")
 
 
 def test_a_node_map_appended_by_another_process_is_not_overwritten_on_save(tmp_path):

@@ -94,6 +94,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def os_error_line(exc: OSError) -> str:
     """One line for an error of the file system, always naming the path(s) it concerns."""
+    from ..atomic import WriteError
+    if isinstance(exc, WriteError):
+        return str(exc)
     text = exc.strerror or str(exc)
     paths = [str(p) for p in (exc.filename, exc.filename2) if p]
     return f"{' -> '.join(paths)}: {text}" if paths and not text.startswith(paths[0]) else text

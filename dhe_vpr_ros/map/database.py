@@ -21,20 +21,20 @@ import cv2
 import faiss
 import numpy as np
 
-from ..atomic import fsync_directory, umask_mode
+from ..atomic import fsync_directory, fsync_file, guarded, umask_mode, write_bytes, write_error
 from ..locks import LockTimeout, release_writer_lock, try_writer_lock, writer_lock
 from ..method.identity import ModelIdentity
 from .codec import GridCodec
-from .format import (ALL_MAP_FILES, CELL_SUMS, FORMAT, GLOBAL_INDEX, KEYPOINTS, MANIFEST, MASK_PICTURE, PLACES,
-                     PROJECTION, MapError, check_grid_file, check_keypoint_file, check_replaceable, grid_file_name,
-                     keypoint_record, mask_record, model_mismatch, read_cells, read_index, read_manifest, read_places,
-                     read_projection)
+from .format import (CELL_SUMS, FORMAT, GLOBAL_INDEX, KEYPOINTS, MANIFEST, MASK_PICTURE, PLACES, PROJECTION,
+                     MapError, check_files, check_grid_file, check_keypoint_file, check_replaceable, fingerprint,
+                     grid_file_name, keypoint_record, mask_record, model_mismatch, read_cells, read_index,
+                     read_manifest, read_places, read_projection)
 from .grids import GridFile, SpillFile
 from .index import make_index, search, stored_vectors, trained
 from .keypoints import Keypoints, RowCodec, decode_row, describe, encode_row
 from .records import Place, check_place
 from .static_mask import MAX_STATIC_SHARE, MIN_USABLE_CELLS, CellMask, CellStatistics, MaskSettings, mask_picture
-from .storage import check_unchanged, check_writable, clean_leftovers, fsync_file, reading, swap_in
+from .storage import check_unchanged, check_writable, clean_leftovers, reading, swap_in
 
 __all__ = ["MapDatabase"]
 
@@ -258,8 +258,7 @@ class MapDatabase:
         except LockTimeout as exc:
             raise MapError(str(exc)) from None
         except OSError as exc:
-            raise MapError(f"cannot write the map {target}: {exc.strerror or exc}"
-                           + (f" ({exc.filename})" if exc.filename and str(target) not in str(exc.filename) else ""))
+            raise MapError(str(write_error(f"the map {target}", exc))) from None
         self._known[str(target)] = revision
         # from now on this object reads the saved files, and spilled rows are released
         self._local = GridFile(target / grid_file_name(self.codec), len(self), self.identity.local_shape,
@@ -274,46 +273,49 @@ class MapDatabase:
             self._keypoint_spill = None
 
     def _write_files(self, tmp: Path, revision: str) -> None:
+        """Every file of the map into ``tmp``, each through the write door (``atomic``), then the manifest
+        with the revision and each file's size and fingerprint (what belongs together)."""
         self._index = trained(self._index, self.index_type)
-        with open(tmp / GLOBAL_INDEX, "wb") as handle:  # Python's I/O: a full disk is an OSError, named
-            handle.write(faiss.serialize_index(self._index).tobytes())
+        write_bytes(tmp / GLOBAL_INDEX, faiss.serialize_index(self._index).tobytes())
         self._fit_codec(1)
         if self.codec.compact:
-            self.codec.projection.astype("<f4").tofile(tmp / PROJECTION)
+            write_bytes(tmp / PROJECTION, self.codec.projection.astype("<f4").tobytes())
         # a new map: the spilled grids already are the file (in its codec); otherwise copy old + new rows
         grids = tmp / grid_file_name(self.codec)
         if self._local is None and self._spill is not None and self._spill.codec.same_as(self.codec) \
                 and self._spill.link_to(grids):
             os.chmod(grids, umask_mode())
+            fsync_file(grids)
         else:
             self._write_local(grids)
-        with open(tmp / PLACES, "w", encoding="utf-8") as handle:
-            for place in self.places:
-                handle.write(json.dumps(place.to_dict()) + "\n")
-        self.cells.sums.astype("<f8").tofile(tmp / CELL_SUMS)
+        write_bytes(tmp / PLACES, "".join(json.dumps(place.to_dict()) + "\n" for place in self.places).encode())
+        write_bytes(tmp / CELL_SUMS, self.cells.sums.astype("<f8").tobytes())
         if self.has_keypoints:
             self._write_keypoints(tmp / KEYPOINTS)
+        ok, picture = cv2.imencode(".png", cv2.cvtColor(mask_picture(self.preview, self.mask), cv2.COLOR_RGB2BGR))
+        if not ok:
+            raise OSError(f"OpenCV could not encode {MASK_PICTURE}")
+        write_bytes(tmp / MASK_PICTURE, picture.tobytes())
         version = 3 if self.has_keypoints else 2 if self.codec.compact else 1
+        files = {p.name: {"bytes": p.stat().st_size, "fingerprint": fingerprint(p)} for p in sorted(tmp.iterdir())
+                 if p.name != MANIFEST and not p.name.startswith(".")}
         manifest = {"format": FORMAT, "version": version, "model": self.identity.to_dict(),
                     "num_places": len(self), "index": self.index_type, "build": self.build_info, "revision": revision,
                     "mask": mask_record(self.mask_settings, self.mask),
                     **({"grids": self.codec.to_dict()} if version > 1 else {}),
-                    **({"keypoints": keypoint_record(self.keypoints_from)} if self.has_keypoints else {})}
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
-        picture = mask_picture(self.preview, self.mask)
-        cv2.imwrite(str(tmp / MASK_PICTURE), cv2.cvtColor(picture, cv2.COLOR_RGB2BGR))
-        for name in ALL_MAP_FILES:
-            if (tmp / name).exists():
-                fsync_file(tmp / name)
+                    **({"keypoints": keypoint_record(self.keypoints_from)} if self.has_keypoints else {}),
+                    "files": files}
+        write_bytes(tmp / MANIFEST, json.dumps(manifest, indent=2).encode())
         fsync_directory(tmp)
 
     def _write_keypoints(self, path: Path) -> None:
         """The keypoint layer: the stored rows, then the added ones, as they are."""
-        with open(path, "wb") as out:
+        with guarded(open(path, "wb")) as out:
             for source in (self._keypoint_rows, self._keypoint_spill):
                 count = 0 if source is None else source.count
                 for start in range(0, count, 256):
                     out.write(source.raw(np.arange(start, min(start + 256, count))).tobytes())
+            os.fsync(out.fileno())
 
     def _write_local(self, path: Path) -> None:
         """The grids in this map's codec: stored rows of the same codec as they are (no second
@@ -321,7 +323,7 @@ class MapDatabase:
         stored = self._local.count if self._local is not None else 0
         copy_stored = self._local is not None and self._local.codec.same_as(self.codec)
         copy_spill = self._spill is not None and self._spill.codec.same_as(self.codec)
-        with open(path, "wb") as out:
+        with guarded(open(path, "wb")) as out:
             for start in range(0, len(self), 256):
                 ids = np.arange(start, min(start + 256, len(self)))
                 for part, source, copy in ((ids[ids < stored], self._local, copy_stored),
@@ -329,6 +331,7 @@ class MapDatabase:
                     if part.size:  # rows already in this codec are copied, never rounded twice
                         rows = source.raw(part) if copy else self.codec.encode(source.rows(part))
                         out.write(rows.tobytes())
+            os.fsync(out.fileno())
 
     @classmethod
     def open(cls, path: str | os.PathLike, expect: ModelIdentity | None = None) -> "MapDatabase":  # noqa: A003
@@ -366,6 +369,7 @@ class MapDatabase:
         local = GridFile(local_file, num, identity.local_shape, codec) if num else None
         first = manifest["keypoints_from"]
         keypoint_file = check_keypoint_file(path, root, num, first)
+        check_files(path, root, manifest["files"])  # after the checks that say more: what belongs together
         rows = GridFile(keypoint_file, num - first, (1,), RowCodec()) if keypoint_file else None
         database = cls(identity, manifest["index"], places, manifest["build"], index, local,
                        mask_settings=manifest["mask"], _cells=cells, codec=codec, keypoints_from=first,

@@ -19,13 +19,18 @@ Layout of ``MAP/``::
                     place, from place ``first_place`` on; absent in older maps), for the
                     two-view check of loop closures
 
-The manifest's ``mask`` field holds how the mask is made (threshold, the user's cells, ROI).
+The manifest's ``mask`` field holds how the mask is made (threshold, the user's cells, ROI), and
+its ``files`` field what belongs together: each file's size and fingerprint as the write that made
+the map left it (``fingerprint``: a hash of the size and of evenly spaced blocks, so a map of any
+size is checked in milliseconds), so a file of another map of the same size is told apart.
 Reading checks every file and field and raises ``MapError`` naming the file and the field
 instead of returning wrong matches.
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 from pathlib import Path
 
 import faiss
@@ -43,8 +48,8 @@ __all__ = ["ALL_MAP_FILES", "CELL_SUMS", "COMPACT_GRIDS", "FORMAT", "GLOBAL_INDE
            "LOCAL_GRIDS", "MANIFEST", "PROJECTION", "check_keypoint_file", "codec_from", "grid_file_name",
            "keypoint_record", "keypoints_from", "read_projection",
            "MAP_FILES", "MASK_PICTURE", "PLACES", "VERSION", "MapError", "check_grid_file", "check_replaceable",
-           "is_map", "map_manifest", "mask_record", "mask_settings_from", "model_mismatch", "read_cells", "read_index",
-           "read_manifest", "read_places", "revision_of"]
+           "check_files", "fingerprint", "is_map", "map_manifest", "mask_record", "mask_settings_from",
+           "model_mismatch", "read_cells", "read_index", "read_manifest", "read_places", "revision_of"]
 
 FORMAT = "dhe_vpr_ros.map"
 VERSION = 3  # 1: float16 grids (local.f16); 2: compact grids (local.pq4 + projection.f32, ``codec``);
@@ -105,10 +110,51 @@ def read_manifest(path: Path, root: Path | None = None) -> dict:
         revision = field(manifest, "revision", str, optional=True) or ""
         codec = codec_from(field(manifest, "grids", dict, optional=True), version, identity.local_shape[0])
         first_keypoints = keypoints_from(field(manifest, "keypoints", dict, optional=True), num)
+        files = field(manifest, "files", dict, optional=True) or {}
     except ValueError as exc:
         raise MapError(f"map manifest {path / MANIFEST}: {exc}") from None
     return {"identity": identity, "num_places": num, "index": index, "build": build, "mask": mask,
-            "revision": revision, "codec": codec, "keypoints_from": first_keypoints}
+            "revision": revision, "codec": codec, "keypoints_from": first_keypoints, "files": files}
+
+
+FINGERPRINT_BLOCKS, FINGERPRINT_BLOCK = 16, 1 << 16
+
+
+def fingerprint(path: Path) -> str:
+    """A hash of a file's size and of ``FINGERPRINT_BLOCKS`` evenly spaced blocks of it (all of a small file):
+    what a map's manifest records for each file, read in milliseconds whatever the file's size."""
+    digest = hashlib.sha256()
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        size = os.fstat(fd).st_size
+        digest.update(size.to_bytes(8, "little"))
+        span = FINGERPRINT_BLOCKS * FINGERPRINT_BLOCK
+        starts = [0] if size <= span else \
+            [round(i * (size - FINGERPRINT_BLOCK) / (FINGERPRINT_BLOCKS - 1)) for i in range(FINGERPRINT_BLOCKS)]
+        for start in starts:
+            digest.update(os.pread(fd, span if size <= span else FINGERPRINT_BLOCK, start))
+    finally:
+        os.close(fd)
+    return digest.hexdigest()
+
+
+def check_files(path: Path, root: Path, files: dict) -> None:
+    """MapError naming the file when a file of the map is not the one its write left (another size or
+    fingerprint: copied in from another map, or changed since)."""
+    for name, record in files.items():
+        if name not in ALL_MAP_FILES or name == MANIFEST:
+            raise MapError(f"map manifest {path / MANIFEST}: field 'files' lists {name!r}, not a file of a map")
+        try:
+            size, expected = field(record, "bytes", int), field(record, "fingerprint", str)
+        except ValueError as exc:
+            raise MapError(f"map manifest {path / MANIFEST}: field 'files' of {name}: {exc}") from None
+        file = root / name
+        actual = file.stat().st_size if file.is_file() else -1
+        if actual != size or fingerprint(file) != expected:
+            raise MapError(f"map {path}: {name} is not the file this map was written with ("
+                           + (f"{max(actual, 0)} bytes, the map's write left {size}" if actual != size else
+                              "its bytes differ from what the map's write recorded")
+                           + "): copied from another map, or changed since; rebuild the map")
 
 
 def keypoint_record(first_place: int) -> dict:

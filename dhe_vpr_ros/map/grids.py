@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..atomic import link_unnamed, locked_tempfile, remove_stale, unnamed_tempfile
+from ..atomic import Scratch, guarded, link_unnamed, remove_stale, umask_mode, unnamed_tempfile, write_error
 from .codec import GridCodec
 from .format import MapError
 
@@ -61,27 +61,36 @@ class SpillFile:
     map needs disk, not RAM; stored as ``codec`` writes them (a compact map's spill is compact
     too: a million places then take 28 GB while they wait, not 129). Rows are read back with
     pread. The file has no name (O_TMPFILE): a killed process leaves nothing behind. Where the
-    file system cannot, it is a named file, locked while its process lives, that the next open
-    beside it removes."""
-
-    PREFIX, SUFFIX = ".grids-", ".spill"
+    file system cannot, it is a file in a temporary folder of this package's (``atomic.Scratch``:
+    marked, locked while its process lives), which the next spill beside it removes once that
+    process is gone; nothing else is ever removed."""
 
     def __init__(self, shape: tuple[int, int, int], directory: str | None, codec: GridCodec = GridCodec()):
-        self.row_shape, self.codec, self.directory = shape, codec, directory
-        stale = remove_stale(directory or tempfile.gettempdir(), self.PREFIX, self.SUFFIX)  # of killed processes
+        self.row_shape, self.codec = shape, codec
+        self.directory = directory or tempfile.gettempdir()
+        stale = remove_stale(self.directory)  # of killed processes, marked as this package's
         if stale:
-            log.info("removed %d spilled-grid files of processes that are gone: %s", len(stale),
+            log.info("removed %d temporaries of processes that are gone: %s", len(stale),
                      ", ".join(str(p) for p in stale))
+        self._scratch: Scratch | None = None
         try:
-            fd, self.path = unnamed_tempfile(directory), None
-        except OSError:
-            fd, self.path = locked_tempfile(directory, self.PREFIX, self.SUFFIX)  # locked while we live
+            try:
+                fd, self.path = unnamed_tempfile(self.directory), None
+            except OSError:
+                self._scratch = Scratch(self.directory, "spilled rows of a map being written")
+                self.path = self._scratch.path / "rows"
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, umask_mode())
+        except OSError as exc:
+            raise write_error(self.directory, exc, "spilling the rows of a map being written") from None
         self.handle = os.fdopen(fd, "w+b")
         self.count = 0
 
     def append(self, grids: np.ndarray) -> None:
-        self.handle.write(self.codec.encode(grids).tobytes())
-        self.handle.flush()
+        try:
+            guarded(self.handle).write(self.codec.encode(grids).tobytes())
+            self.handle.flush()
+        except OSError as exc:
+            raise write_error(self.directory, exc, "spilling the rows of a map being written") from None
         self.count += grids.shape[0]
 
     def raw(self, index: np.ndarray) -> np.ndarray:
@@ -114,9 +123,9 @@ class SpillFile:
 
     def close(self) -> None:
         self.handle.close()
-        if self.path is not None:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.path)
+        if self._scratch is not None:
+            self._scratch.release()
+            self._scratch = None
 
     def __del__(self):
         with contextlib.suppress(Exception):

@@ -2,10 +2,12 @@
 # SPDX-License-Identifier: Apache-2.0
 """Writing a map directory without ever corrupting it, reading one while another process writes.
 
-A new version is written into a locked temporary sibling directory, fsynced, and swapped in
-atomically (``renameat2(RENAME_EXCHANGE)`` on Linux); the replaced version is deleted once its
-readers are done (they hold a shared lock on the directory they opened). Leftovers of a killed
-writer are removed on the next open or write, only when no living process holds them.
+A new version is written into a temporary folder of this package's beside the map
+(``atomic.Scratch``: marked, locked), fsynced, and swapped in atomically
+(``renameat2(RENAME_EXCHANGE)`` on Linux); the replaced version is deleted once its readers are
+done (they hold a shared lock on the directory they opened). Leftovers of a killed writer are
+removed on the next open or write, only those marked as this package's and held by no living
+process: never a folder by its name alone.
 """
 from __future__ import annotations
 
@@ -17,10 +19,9 @@ import shutil
 from pathlib import Path
 from typing import Callable
 
-from ..atomic import check_not_protected, exchange, fsync_directory, locked_tempdir, remove_stale
+from ..atomic import Scratch, check_not_protected, exchange, fsync_directory, remove_stale, write_bytes
 from ..json_fields import field
 from .format import MANIFEST, MapError, map_manifest, revision_of
-from .grids import SpillFile
 
 __all__ = ["check_unchanged", "check_writable", "clean_leftovers", "fsync_file", "reading", "swap_in"]
 
@@ -98,35 +99,38 @@ def check_writable(target: Path) -> None:
 
 
 def swap_in(target: Path, write: Callable[[Path], None]) -> None:
-    """Write a new version with ``write(tmp)`` into a locked temporary sibling of ``target``, then
-    put it in place atomically; on any failure nothing but the temporary is touched (and it goes)."""
-    tmp, lock = locked_tempdir(target.parent, f".{target.name}.tmp-")
+    """Write a new version with ``write(tmp)`` into a temporary folder beside ``target``, then put it in
+    place atomically; on any failure nothing but the temporary is touched (and it goes)."""
+    scratch = Scratch(target.parent, f"a new version of the map {target.name}")
+    replaced = None
     try:
-        write(tmp)
-        if target.exists():
-            if not exchange(tmp, target):
-                old = target.with_name(f".{target.name}.old-{os.getpid()}")
-                os.replace(target, old)
-                os.replace(tmp, target)
-                tmp = old
-            fsync_directory(target.parent)
-            remove_when_unread(tmp)
-        else:
-            os.replace(tmp, target)
-            fsync_directory(target.parent)
+        write(scratch.path)
+        scratch.unmark()  # the folder becomes the map
+        if not target.exists():
+            os.replace(scratch.path, target)
+        elif exchange(scratch.path, target):
+            replaced = scratch.path  # the temporary name now holds the old version: ours to remove
+        else:  # no renameat2: the old version waits under a name no cleanup touches (it may be the only copy)
+            replaced = target.with_name(f".{target.name}.old-{os.getpid()}")
+            os.replace(target, replaced)
+            os.replace(scratch.path, target)
+        fsync_directory(target.parent)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(scratch.path, ignore_errors=True)
         raise
     finally:
-        os.close(lock)
+        scratch.release(remove=False)  # its lock is on the new version's folder: readers may open it now
+    if replaced == scratch.path:
+        write_bytes(replaced / Scratch.MARKER, b'{"tool": "dhe_vpr_ros", "purpose": "a replaced map"}')
+    if replaced is not None:
+        remove_when_unread(replaced)
 
 
 def clean_leftovers(target: Path) -> list[Path]:
-    """Remove what a killed writer left beside ``target``: its temporary map directories and
-    spilled grids (only those no living process holds)."""
-    parent = target.parent
+    """Remove what killed writers of this package left beside ``target``: its temporary folders (marked
+    as this package's, held by no living process); nothing else."""
     # (a ".NAME.old-PID" directory is never removed: without renameat2 it can be the only copy)
-    removed = remove_stale(parent, f".{target.name}.tmp-") + remove_stale(parent, SpillFile.PREFIX, SpillFile.SUFFIX)
+    removed = remove_stale(target.parent)
     if removed:
         log.info("removed %d leftovers of an interrupted map write: %s", len(removed),
                  ", ".join(p.name for p in removed))

@@ -16,6 +16,7 @@ import os
 from pathlib import Path
 
 from ..method.models.checkpoint import file_sha256
+from ..reading import InputError, read_text
 
 __all__ = ["cache_folder", "export_folders", "find_export", "resolve_runtime"]
 
@@ -37,8 +38,8 @@ def find_export(checkpoint: Path, sha256: str) -> Path | None:
     """The first export folder whose model.json records ``sha256`` as its checkpoint's hash."""
     for folder in export_folders(checkpoint, sha256):
         try:
-            meta = json.loads((folder / "model.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+            meta = json.loads(read_text(folder / "model.json", "model.json", 1 << 20))
+        except (OSError, InputError, ValueError):
             continue
         if isinstance(meta, dict) and meta.get("format") == "dhe_vpr_ros.onnx" and meta.get("checkpoint_sha256") \
                 == sha256:

@@ -33,6 +33,7 @@ from ..json_fields import field, numbers
 from ..method.geometry import homography_from_four_points
 from ..method.models import CheckpointError
 from ..method.models.checkpoint import file_sha256
+from ..reading import InputError, read_text
 
 __all__ = ["BACKBONE", "FORMAT", "META", "OPSET", "REGRESSOR", "VERSION", "OnnxError", "OnnxVPRModel", "file_sha256",
            "load_onnx_model"]
@@ -153,11 +154,12 @@ def load_onnx_model(folder: str | os.PathLike, expect_backbone: str | None = Non
                         "onnxruntime-gpu for CUDA/TensorRT)") from None
     folder = Path(folder)
     meta_file = folder / META
-    if not meta_file.is_file():
-        raise OnnxError(f"no exported model at {folder}: {META} is missing (write one with `dhe_vpr_ros export`)")
     try:
-        meta = json.loads(meta_file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        meta = json.loads(read_text(meta_file, META, 1 << 20))
+    except FileNotFoundError:
+        raise OnnxError(f"no exported model at {folder}: {META} is missing (write one with `dhe_vpr_ros export`)") \
+            from None
+    except (OSError, InputError, json.JSONDecodeError) as exc:
         raise OnnxError(f"{meta_file} is unreadable: {exc}") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise OnnxError(f"{meta_file} is not a dhe_vpr_ros ONNX export (format {meta.get('format')!r})"
@@ -167,13 +169,23 @@ def load_onnx_model(folder: str | os.PathLike, expect_backbone: str | None = Non
         raise OnnxError(f"{folder} holds the {meta.get('backbone')!r} backbone, not {expect_backbone!r}")
     for name in (BACKBONE, REGRESSOR):
         if not (folder / name).is_file():
-            raise OnnxError(f"{folder}: {name} is missing")
-        recorded = (meta["files_sha256"] or {}).get(name)
-        if recorded is not None and recorded != file_sha256(folder / name):
+            raise OnnxError(f"{folder}: {name} is missing, or not a regular file")
+        recorded = (meta.get("files_sha256") or {}).get(name)
+        if recorded is None:
+            raise OnnxError(f"{meta_file} records no hash of {name} (field 'files_sha256'), so the export's files "
+                            "cannot be told to belong together: export again")
+        if recorded != file_sha256(folder / name):
             raise OnnxError(f"{folder / name} is not the file this export wrote (its hash differs from {META}): "
                             "export again")
+    sessions = []
+    for name in (BACKBONE, REGRESSOR):
+        try:
+            sessions.append(_session(folder / name, threads))
+        except Exception as exc:  # onnxruntime's own types: a file it cannot load
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise OnnxError(f"{folder / name} cannot be loaded by onnxruntime ({first[:200]}): export again") from None
     try:
-        model = OnnxVPRModel(folder, meta, _session(folder / BACKBONE, threads), _session(folder / REGRESSOR, threads))
+        model = OnnxVPRModel(folder, meta, *sessions)
     except (KeyError, TypeError, ValueError) as exc:
         raise OnnxError(f"{meta_file}: {exc}") from None
     _check_inputs(model, folder)

@@ -1,21 +1,24 @@
 # Copyright 2026 dhe_vpr_ros maintainers
 # SPDX-License-Identifier: Apache-2.0
 """``export``: the backbone and the regressor as ONNX files, with model.json (see ``onnx`` for the
-folder's layout and the model that runs it). Written into a locked temporary folder beside the
-target and moved in at the end; temporaries of killed exports are removed by the next one."""
+folder's layout and the model that runs it). Written through the write door (``atomic``) into a
+temporary folder of this package's beside the target and moved in at the end, under the target's
+writer lock (a second export to the same folder waits, then finds it taken and writes nothing);
+temporaries of killed exports are removed by the next one."""
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
-import shutil
 import warnings
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from ..atomic import atomic_write, check_not_protected, locked_tempdir, remove_stale
+from ..atomic import Scratch, WriteError, check_name, check_not_protected, remove_stale, write_bytes, write_error
+from ..locks import LockTimeout, writer_lock
 from ..method.identity import model_identity
 from ..method.models import VPRModel, correlation_volume
 from .onnx import BACKBONE, FORMAT, META, OPSET, REGRESSOR, VERSION, OnnxError, file_sha256
@@ -54,52 +57,77 @@ class _BackboneGraph(nn.Module):
         return features.local, features.global_
 
 
-def export_model(model: VPRModel, out: str | os.PathLike, checkpoint_info: dict) -> dict:
-    """Write backbone.onnx, regressor.onnx and model.json into ``out`` (a new or empty folder);
-    returns model.json's content."""
-    out = Path(out)
+def _check_target(out: Path) -> None:
     if out.is_symlink() or out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise OnnxError(f"export --out {out} is not a new or empty folder: nothing was written")
     check_not_protected(out)
+    check_name(out / META)
+
+
+def _graph_bytes(module: nn.Module, inputs: tuple, **options) -> bytes:
+    """The ONNX file of ``module`` as bytes (written by the caller through the door)."""
+    buffer = io.BytesIO()
+    torch.onnx.export(module, inputs, buffer, dynamo=False, opset_version=OPSET, **options)
+    return buffer.getvalue()
+
+
+def export_model(model: VPRModel, out: str | os.PathLike, checkpoint_info: dict, lock_timeout: float = 600.0) -> dict:
+    """Write backbone.onnx, regressor.onnx and model.json into ``out`` (a new or empty folder);
+    returns model.json's content."""
+    out = Path(os.path.realpath(out))
+    _check_target(out)  # before the work
     model = model.cpu().eval()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with writer_lock(out, lock_timeout, "the export"):
+            _check_target(out)  # again, holding the lock: another export may have filled it meanwhile
+            stale = remove_stale(out.parent)  # of exports that were killed
+            if stale:
+                log.info("removed %d leftovers of interrupted writes: %s", len(stale), ", ".join(p.name for p in stale))
+            scratch = Scratch(out.parent, f"an export to {out.name}")
+            try:
+                meta = _write_export(model, scratch.path, checkpoint_info)
+                scratch.unmark()
+                if out.exists():
+                    _move_into(scratch.path, out)
+                else:
+                    os.replace(scratch.path, out)
+            finally:
+                scratch.release()
+    except LockTimeout as exc:
+        raise OnnxError(str(exc)) from None
+    except WriteError:
+        raise
+    except OSError as exc:
+        raise write_error(out, exc) from None
+    return meta
+
+
+def _write_export(model: VPRModel, folder: Path, checkpoint_info: dict) -> dict:
     bb = model.backbone
     size, grid = bb.input_size, bb.grid_size
-    out.parent.mkdir(parents=True, exist_ok=True)
-    stale = remove_stale(out.parent, f".{out.name}.export-")  # of exports that were killed
-    if stale:
-        log.info("removed %d leftovers of interrupted exports: %s", len(stale), ", ".join(p.name for p in stale))
-    tmp, lock = locked_tempdir(out.parent, f".{out.name}.export-")
     fastpath = torch.backends.mha.get_fastpath_enabled()
     torch.backends.mha.set_fastpath_enabled(False)  # the fused encoder op has no ONNX form: export the plain one
     try:
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the tracer's notes on shape checks that are constant here
             images = torch.zeros(2, 3, size, size)
-            torch.onnx.export(_BackboneGraph(model), (images,), str(tmp / BACKBONE), dynamo=False,
-                              input_names=["images"], output_names=["local", "global"], opset_version=OPSET,
-                              dynamic_axes={"images": {0: "batch"}, "local": {0: "batch"}, "global": {0: "batch"}})
+            write_bytes(folder / BACKBONE, _graph_bytes(
+                _BackboneGraph(model), (images,), input_names=["images"], output_names=["local", "global"],
+                dynamic_axes={"images": {0: "batch"}, "local": {0: "batch"}, "global": {0: "batch"}}))
             query, candidates = torch.zeros(1, bb.local_dim, grid, grid), torch.zeros(3, bb.local_dim, grid, grid)
-            torch.onnx.export(_RegressorGraph(model), (query, candidates), str(tmp / REGRESSOR), dynamo=False,
-                              input_names=["query", "candidates"], output_names=["points"], opset_version=OPSET,
-                              dynamic_axes={"candidates": {0: "pairs"}, "points": {0: "pairs"}})
-        meta = {"format": FORMAT, "version": VERSION, "backbone": bb.name, "input_size": size, "stride": bb.stride,
-                "local_dim": bb.local_dim, "global_dim": bb.global_dim, "mean": list(bb.mean), "std": list(bb.std),
-                "regressor": model.regressor.config.to_dict(), "identity": model_identity(model).to_dict(),
-                "checkpoint": checkpoint_info.get("checkpoint"),
-                "checkpoint_sha256": checkpoint_info.get("checkpoint_sha256"),
-                "files_sha256": {name: file_sha256(tmp / name) for name in (BACKBONE, REGRESSOR)}, "opset": OPSET}
-        with atomic_write(tmp / META, mode="w") as handle:
-            json.dump(meta, handle, indent=2)
-        if out.exists():
-            _move_into(tmp, out)
-        else:
-            os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+            write_bytes(folder / REGRESSOR, _graph_bytes(
+                _RegressorGraph(model), (query, candidates), input_names=["query", "candidates"],
+                output_names=["points"], dynamic_axes={"candidates": {0: "pairs"}, "points": {0: "pairs"}}))
     finally:
-        os.close(lock)
         torch.backends.mha.set_fastpath_enabled(fastpath)
+    meta = {"format": FORMAT, "version": VERSION, "backbone": bb.name, "input_size": size, "stride": bb.stride,
+            "local_dim": bb.local_dim, "global_dim": bb.global_dim, "mean": list(bb.mean), "std": list(bb.std),
+            "regressor": model.regressor.config.to_dict(), "identity": model_identity(model).to_dict(),
+            "checkpoint": checkpoint_info.get("checkpoint"),
+            "checkpoint_sha256": checkpoint_info.get("checkpoint_sha256"),
+            "files_sha256": {name: file_sha256(folder / name) for name in (BACKBONE, REGRESSOR)}, "opset": OPSET}
+    write_bytes(folder / META, json.dumps(meta, indent=2).encode())
     return meta
 
 
