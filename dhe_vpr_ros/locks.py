@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 from .atomic import lock_exclusive, umask_mode
+from .reading import read_bytes
 
 __all__ = ["LockTimeout", "lock_path", "release_writer_lock", "try_writer_lock", "writer_lock"]
 
@@ -123,7 +124,7 @@ def _acquire(path: Path, timeout: float, what: str) -> int:
 
 def _read_holder(path: Path) -> str:
     with contextlib.suppress(OSError, ValueError):
-        return f"process {int(path.read_text().strip())}"
+        return f"process {int(read_bytes(path, 'writer lock', 64).strip())}"
     return "another process"
 
 

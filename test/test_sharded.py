@@ -84,7 +84,7 @@ def test_a_rank_that_dies_leaves_no_map_and_no_debris(tmp_path, photos):
     assert not (work / "map").exists()
     leftovers = sorted(p.name for p in work.iterdir() if not p.name.startswith("torchelastic_"))
     assert leftovers in ([], [".map.lock"]), leftovers  # a lock file, free, goes with the next writer
-    assert not any(p.name.startswith((".map.tmp-", ".grids-")) for p in work.iterdir())
+    assert not our_frames(out)  # rank 0: one line, the other rank is gone (issue 33)
 
 
 def _has_loaded(pids) -> bool:
@@ -94,3 +94,32 @@ def _has_loaded(pids) -> bool:
                    for p in pids)
     except OSError:
         return False
+
+
+_OTHER_INPUTS = """
+import os, sys
+from dhe_vpr_ros.commands.cli import main
+folders = sys.argv[1:3]
+sys.exit(main(["build-map", "--images", folders[int(os.environ["RANK"])], "-o", sys.argv[3]]))
+"""
+
+
+def test_ranks_given_other_inputs_refuse_before_any_work(tmp_path, photos):
+    """Two machines of one launch with different copies of the images would mix them into one map."""
+    other = tmp_path / "other"
+    shutil.copytree(photos, other)
+    (other / "010.png").unlink()
+    launcher = tmp_path / "launch.py"
+    launcher.write_text(_OTHER_INPUTS)
+    env = {**os.environ, "TMPDIR": str(tmp_path), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([str(TORCHRUN), "--nproc_per_node", "2", "--master_port", str(29600 + os.getpid() % 1000),
+                           str(launcher), str(photos), str(other), str(tmp_path / "map")], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0 and not (tmp_path / "map").exists()
+    assert "the torchrun ranks were given different arguments and inputs" in proc.stdout + proc.stderr
+    assert not our_frames(proc.stdout + proc.stderr)
+
+
+def our_frames(output: str) -> list[str]:
+    """Traceback lines from the package's code (torchrun prints a report of its own when a rank fails)."""
+    return [line for line in output.splitlines() if line.strip().startswith("File ") and "dhe_vpr_ros" in line]

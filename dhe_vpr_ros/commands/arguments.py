@@ -15,7 +15,7 @@ import sys
 from dataclasses import fields
 
 __all__ = ["OneLineParser", "add_model_arguments", "add_policy_arguments", "add_ranking_arguments",
-           "add_run_arguments", "count", "labelled_run", "number", "policy_from_args"]
+           "add_run_arguments", "count", "counts", "labelled_run", "number", "policy_from_args"]
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -38,6 +38,20 @@ def count(minimum: int = 1, maximum: int | None = None):
             raise argparse.ArgumentTypeError(f"{value} is out of range: it must be at least {minimum}{upper}")
         return value
     parse.__name__ = "whole number"
+    return parse
+
+
+def counts(minimum: int = 1, maximum: int | None = None):
+    """A comma-separated list of whole numbers from ``minimum`` to ``maximum``, strictly increasing (each
+    once): ``1,5,10``."""
+    single = count(minimum, maximum)
+
+    def parse(text: str) -> tuple[int, ...]:
+        values = tuple(single(part.strip()) for part in text.split(","))
+        if any(b <= a for a, b in zip(values, values[1:])):
+            raise argparse.ArgumentTypeError(f"{text!r}: give each value once, in increasing order (e.g. 1,5,10)")
+        return values
+    parse.__name__ = "list of whole numbers"
     return parse
 
 

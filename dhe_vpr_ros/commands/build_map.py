@@ -10,7 +10,11 @@ the ranks; rank 0 writes the same map one process would (``map.sharded``).
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import logging
+import os
+from pathlib import Path
 from typing import Iterable
 
 from ..locks import LockTimeout, writer_lock
@@ -80,6 +84,21 @@ def frames_from_args(args: argparse.Namespace) -> tuple[Iterable[Frame], int | N
     return bag_frames(args.bag, args.topic, args.pose_topic, args.min_interval_sec, args.min_distance_m), None
 
 
+def inputs_digest(args: argparse.Namespace, frames) -> str:
+    """What every torchrun rank must agree on: the command's arguments (but the device and threads, which
+    may differ between machines) and its inputs (each image's path under its folder and size, or the
+    bag's files and sizes)."""
+    settings = {k: v for k, v in sorted(vars(args).items()) if k not in ("device", "threads", "lock_timeout")}
+    if args.bag:
+        root = Path(args.bag)
+        files = sorted(root.iterdir()) if root.is_dir() else [root]
+        inputs = [(p.name, p.stat().st_size) for p in files if p.is_file()]
+    else:
+        root = Path(args.images or args.geo_split)
+        inputs = [(os.path.relpath(f.source, root), os.path.getsize(f.source)) for f in frames]
+    return hashlib.sha256(json.dumps([settings, inputs], default=str).encode()).hexdigest()
+
+
 def run(args: argparse.Namespace) -> int:
     """One writer per map across processes: the lock is held from reading the map (--append)
     to swapping in the new version, so two appends both land (the second waits). Under torchrun
@@ -89,6 +108,7 @@ def run(args: argparse.Namespace) -> int:
         args.threads = max(1, available_cpus() // local_world_size())
     try:
         frames, total = frames_from_args(args)
+        group.agree("arguments and inputs", inputs_digest(args, frames))
         if group.rank != 0:
             return _embed_share(args, frames, total, group)
         try:

@@ -21,7 +21,7 @@ from ..method.localizer import Localizer
 from ..method.rerank import RERANKERS
 from ..runtime import open_localizer
 from .arguments import (add_model_arguments, add_policy_arguments, add_ranking_arguments, add_run_arguments, count,
-                        labelled_run, policy_from_args)
+                        counts, labelled_run, policy_from_args)
 
 __all__ = ["add_arguments", "format_table", "open_run", "run"]
 
@@ -91,7 +91,8 @@ def plot_curves(recorded: RecordedRun, run: LabelledRun, path: str, policy: Loop
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_run_arguments(parser)
     add_ranking_arguments(parser, multiple=True)
-    parser.add_argument("--recall-values", default="1,5,10,20")
+    parser.add_argument("--recall-values", type=counts(1, 1000), default=(1, 5, 10, 20),
+                        help="N of the Recall@N reported, comma-separated, increasing (default 1,5,10,20)")
     parser.add_argument("--sequence", action="store_true", help="also report precision after the node's sequence "
                                                                 "verification (queries in file-name order)")
     add_policy_arguments(parser)
@@ -118,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
     unknown = [r for r in rerankers if r not in RERANKERS]
     if unknown or not rerankers:
         raise ValueError(f"unknown re-ranker(s) {unknown}; choose from {', '.join(RERANKERS)}")
-    values = tuple(int(v) for v in args.recall_values.split(","))
+    values = args.recall_values
     policy = policy_from_args(args)
     for output in (args.json, args.plot):  # before the work, not after it
         if output:

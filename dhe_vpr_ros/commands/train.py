@@ -12,7 +12,8 @@ from pathlib import Path
 
 from ..atomic import check_not_protected
 from ..runtime.threads import configure_threads
-from ..training.config import TrainConfig
+from ..reading import read_text
+from ..training.config import BOUNDS, TrainConfig
 from ..training.run_log import fmt
 from ..training.trainer import train
 from .arguments import count, number
@@ -38,35 +39,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--regressor", help="regressor preset (paper|light); default: the backbone's")
     parser.add_argument("--init-checkpoint", help="start from these weights (e.g. stage dhe's best.pt)")
     parser.add_argument("--resume", action="store_true", help="continue OUT/last.pt at its exact step")
-    for name, kind, help_text in [
-        ("epochs", count(1, 1_000_000), ""), ("batch-size", count(1, 4096), "pairs per step (per process under DDP)"),
-        ("lr", number(0.0, 1.0, above=True), "Adam learning rate (paper: 1e-5)"),
-        ("clip-grad", number(0.0), "clip the gradient norm to this (0: off)"),
-        ("margin", number(0.0, 10.0), "triplet margin (paper: 0.1)"),
-        ("negatives", count(1, 100), "negatives per query (paper: 2)"),
-        ("mining-pool", count(1), "random candidates per query for partial hard-negative mining"),
-        ("cache-refresh", count(1), "queries between refreshes of the mining descriptor cache"),
-        ("supervised-weight", number(0.0), "weight of the corner loss on labelled pairs (synthetic views)"),
-        ("robust-px", number(0.0), "corner loss: distances beyond this many pixels count logarithmically "
-                                   "(0: linearly)"),
-        ("rei-weight", number(0.0), "weight of the label-free REI loss (0: off)"),
-        ("warp-repeats", count(1, 100_000), "synthetic views: reuse N fixed sets (stage dhe then embeds each view "
-                                            "once and trains the regressor on cached features: faster, less varied)"),
-        ("difficulty", number(0.0, 1.0), "synthetic views: strongest change, 0..1 of the recipe's maxima "
-                                         "(1: tilt 60 deg, rotation 30, zoom 0.5-2, overlap 50 %%, dusk)"),
-        ("curriculum-epochs", count(0), "grow the views' difficulty over this many epochs (0: all at once)"),
-        ("curriculum-start", number(0.0, 1.0), "difficulty at the first epoch of the curriculum"),
-        ("unfreeze-from", count(0, 1000), "joint stage: first trainable backbone block (default: cct14 6, "
-                                          "efficientnet 8)"),
-        ("positive-dist-train", number(0.0, above=True), "metres (paper: 10)"),
-        ("positive-dist-val", number(0.0, above=True), "metres (paper: 25)"),
-        ("val-fraction", number(0.0, 0.9), "synthetic views: images held back for validation"),
-        ("val-top-k", count(1, 1000), "candidates re-ranked in validation"),
-        ("val-every", count(1), "validate every N epochs (and after the last)"),
-        ("max-samples", count(1), "use at most N images"), ("seed", count(0), ""),
-        ("workers", count(0, 256), "data loader processes"),
-    ]:
-        parser.add_argument(f"--{name}", type=kind, default=getattr(d, name.replace("-", "_")), help=help_text or None)
+    helps = {
+        "batch-size": "pairs per step (per process under DDP)", "lr": "Adam learning rate (paper: 1e-5)",
+        "clip-grad": "clip the gradient norm to this (0: off)", "margin": "triplet margin (paper: 0.1)",
+        "negatives": "negatives per query (paper: 2)",
+        "mining-pool": "random candidates per query for partial hard-negative mining",
+        "cache-refresh": "queries between refreshes of the mining descriptor cache",
+        "supervised-weight": "weight of the corner loss on labelled pairs (synthetic views)",
+        "robust-px": "corner loss: distances beyond this many pixels count logarithmically (0: linearly)",
+        "rei-weight": "weight of the label-free REI loss (0: off)",
+        "warp-repeats": "synthetic views: reuse N fixed sets (stage dhe then embeds each view once and trains the "
+                        "regressor on cached features: faster, less varied)",
+        "difficulty": "synthetic views: strongest change, 0..1 of the recipe's maxima (1: tilt 60 deg, rotation 30, "
+                      "zoom 0.5-2, overlap 50 %%, dusk)",
+        "curriculum-epochs": "grow the views' difficulty over this many epochs (0: all at once)",
+        "curriculum-start": "difficulty at the first epoch of the curriculum",
+        "unfreeze-from": "joint stage: first trainable backbone block (default: cct14 6, efficientnet 8)",
+        "positive-dist-train": "metres (paper: 10)", "positive-dist-val": "metres (paper: 25)",
+        "val-fraction": "synthetic views: images held back for validation",
+        "val-top-k": "candidates re-ranked in validation", "val-every": "validate every N epochs (and after the last)",
+        "max-samples": "use at most N images", "workers": "data loader processes",
+    }
+    for field_name, (whole, low, high, above) in BOUNDS.items():  # the ranges config.json is checked against
+        name = field_name.replace("_", "-")
+        kind = count(int(low), int(high)) if whole else number(low, high, above=above)
+        parser.add_argument(f"--{name}", type=kind, default=getattr(d, field_name), help=helps.get(name))
     parser.add_argument("--lr-schedule", choices=("none", "cosine"), default=d.lr_schedule)
     parser.add_argument("--device", default=d.device, help="cpu, cuda (mixed precision bf16 on GPU)")
     parser.add_argument("--threads", type=count(0, 256), default=0,
@@ -88,7 +85,11 @@ def run(args: argparse.Namespace) -> int:
     if args.resume:
         saved = out / "config.json"
         if saved.is_file():  # the run's own settings win, except how many epochs to reach and where it is now
-            stored = TrainConfig.from_dict(json.loads(saved.read_text()))
+            try:
+                data = json.loads(read_text(saved, "config.json", 1 << 24))
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{saved} is not JSON ({exc}): restore it from the run, or start a new run") from None
+            stored = TrainConfig.from_dict(data, str(saved))
             stored.epochs, stored.device, stored.out = args.epochs, args.device, str(out)
             cfg = stored
     elif out.exists() and not out.is_dir() or out.is_dir() and any(out.iterdir()):

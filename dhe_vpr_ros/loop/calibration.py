@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from ..atomic import atomic_write, check_output, is_stream
+from ..reading import read_bytes
 from .evaluation import sequence_answers
 from .policy import LOOP_CLOSURE_PARAMETERS, LoopPolicy
 from .precision import precision_curve
@@ -140,8 +141,7 @@ def check_params_target(path: str | Path) -> None:
         raise ValueError(f"{target} is a directory; give a file name for the parameters, e.g. {target}/vpr.yaml")
     check_output(target)
     if target.exists():
-        with open(target, encoding="utf-8", errors="replace") as handle:
-            first = handle.readline()
+        first = read_bytes(target, "parameters file", 1 << 24).decode("utf-8", "replace").split("\n", 1)[0]
         if not first.startswith(MARKER):
             raise ValueError(f"refusing to replace {target}: it was not written by calibrate (nothing was changed); "
                              "choose a new file name")

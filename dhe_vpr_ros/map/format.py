@@ -38,6 +38,7 @@ import numpy as np
 
 from ..json_fields import field, numbers
 from ..method.identity import ModelIdentity
+from ..reading import InputError, read_text
 from .codec import COMPACT, FLOAT16, GridCodec
 from .index import INDEX_TYPES, prepared
 from .keypoints import FEATURES, ROW_BYTES
@@ -59,6 +60,9 @@ COMPACT_GRIDS, PROJECTION = "local.pq4", "projection.f32"
 CELL_SUMS, MASK_PICTURE, KEYPOINTS = "cells.f64", "static_mask.png", "keypoints.orb"
 MAP_FILES = (GLOBAL_INDEX, LOCAL_GRIDS, PLACES, MANIFEST)  # required (format 1); the others are optional
 ALL_MAP_FILES = (*MAP_FILES, CELL_SUMS, MASK_PICTURE, COMPACT_GRIDS, PROJECTION, KEYPOINTS)
+
+
+MAX_MANIFEST_BYTES, MAX_PLACES_BYTES = 1 << 24, 1 << 34  # what a map's text files may hold, at most
 
 
 class MapError(RuntimeError):
@@ -83,12 +87,12 @@ def read_manifest(path: Path, root: Path | None = None) -> dict:
     """The checked manifest: identity, num_places, index type, build info, mask settings, revision
     (read from ``root``, the same directory by file descriptor, when given)."""
     file = (root or path) / MANIFEST
-    if not file.is_file():
-        raise MapError(f"no map at {path}: {MANIFEST} is missing (build one with build-map)")
     try:
-        manifest = json.loads(file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise MapError(f"map manifest {path / MANIFEST} is unreadable: {exc}") from exc
+        manifest = json.loads(read_text(file, "map manifest", MAX_MANIFEST_BYTES))
+    except FileNotFoundError:
+        raise MapError(f"no map at {path}: {MANIFEST} is missing (build one with build-map)") from None
+    except (OSError, InputError, json.JSONDecodeError) as exc:
+        raise MapError(f"map manifest {path / MANIFEST} is unreadable: {exc}") from None
     if not isinstance(manifest, dict):
         raise MapError(f"map manifest {path / MANIFEST} holds a {type(manifest).__name__}, not an object")
     if manifest.get("format") != FORMAT:
@@ -318,10 +322,10 @@ def check_grid_file(path: Path, root: Path, num: int, local_shape: tuple[int, in
 def read_places(path: Path, num: int, root: Path | None = None) -> list[Place]:
     file = (root or path) / PLACES
     try:
-        lines = file.read_text(encoding="utf-8").splitlines()
+        lines = read_text(file, "place metadata", MAX_PLACES_BYTES).splitlines()
     except FileNotFoundError:
         raise MapError(f"map {path}: place metadata {PLACES} is missing") from None
-    except (OSError, UnicodeDecodeError) as exc:
+    except (OSError, InputError) as exc:
         raise MapError(f"map {path}: {path / PLACES} is unreadable ({exc})") from None
     places = []
     for number, line in enumerate((ln for ln in lines if ln.strip()), 1):
@@ -346,10 +350,11 @@ def is_map(path: Path) -> bool:
 
 
 def map_manifest(path: Path) -> dict | None:
-    """The manifest of the dhe_vpr_ros map at ``path`` as read, unchecked; None when it holds none."""
+    """The manifest of the dhe_vpr_ros map at ``path`` as read, unchecked; None when it holds none (also
+    where ``manifest.json`` is no regular file: a FIFO there is never opened for reading)."""
     try:
-        manifest = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError):
+        manifest = json.loads(read_text(path / MANIFEST, "map manifest", MAX_MANIFEST_BYTES))
+    except (OSError, ValueError):
         return None
     return manifest if isinstance(manifest, dict) and manifest.get("format") == FORMAT else None
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
@@ -19,6 +21,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from ..image_conversion import ImageConversionError, read_image, to_rgb
+from ..reading import InputError, reason
 from .records import Pose
 
 __all__ = ["IMAGE_SUFFIXES", "Frame", "bag_frames", "folder_frames", "geo_split", "list_images", "parse_utm"]
@@ -40,14 +43,35 @@ class Frame:
 
 
 def list_images(folder: str | Path) -> list[Path]:
-    """Image files anywhere under ``folder``, sorted by path; an error if there are none."""
+    """Image files anywhere under ``folder``, sorted by path; an error if there are none. A map folder
+    inside it (a map built into its own image folder) is left out with its files; what cannot be
+    listed or read as a file (an unreadable subfolder, a link to nothing, a FIFO) is left out and said,
+    once, with a count."""
+    from .format import is_map
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"image folder not found: {folder}")
-    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    files, unlisted, unreadable, maps = [], [], [], []
+    for root, dirs, names in os.walk(folder, onerror=lambda exc: unlisted.append(exc.filename)):
+        here = Path(root)
+        if here != folder and is_map(here):
+            maps.append(here)
+            dirs.clear()
+            continue
+        for name in names:
+            path = here / name
+            if path.suffix.lower() in IMAGE_SUFFIXES:
+                (files if path.is_file() else unreadable).append(path)
+    if maps:
+        log.warning("left out %d map folder(s) inside %s: %s", len(maps), folder, ", ".join(map(str, maps[:3])))
+    if unlisted or unreadable:
+        log.warning("left out %d folder(s) of %s that could not be listed (%s) and %d image name(s) that are not "
+                    "readable files (links to nothing, FIFOs, devices: %s)", len(unlisted), folder,
+                    ", ".join(map(str, unlisted[:3])) or "none", len(unreadable),
+                    ", ".join(map(str, unreadable[:3])) or "none")
     if not files:
         raise ValueError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in {folder}")
-    return files
+    return sorted(files)
 
 
 def parse_utm(path: str | Path) -> tuple[float, float]:
@@ -94,14 +118,29 @@ def _pose_of(msg) -> Pose:
                  float(pose.orientation.w)))
 
 
+BAG_FILES = (".db3", ".mcap", ".yaml")  # what rosbags opens in a rosbag2 folder
+
+
 def _bag_path(path: str | Path) -> Path:
-    """rosbags opens a rosbag2 directory; accept a .db3/.mcap file inside one too."""
+    """rosbags opens a rosbag2 directory; accept a .db3/.mcap file inside one too. The bag and every
+    file of it rosbags would open must be a regular file (a folder for the bag itself): a FIFO or a
+    device there would block the reader for ever, so it is refused, named."""
     path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"rosbag not found: {path}")
-    if path.is_file() and (path.parent / "metadata.yaml").is_file():
-        return path.parent
-    return path
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise FileNotFoundError(f"rosbag not found: {path}") from None
+    except OSError as exc:
+        raise InputError(f"cannot read the bag {path}: {reason(exc)}") from None
+    if not (stat.S_ISDIR(mode) or stat.S_ISREG(mode)):
+        raise InputError(f"the bag {path} is not a rosbag2 file or folder (a FIFO, a socket or a device)")
+    folder = path if stat.S_ISDIR(mode) else path.parent if (path.parent / "metadata.yaml").is_file() else None
+    if folder is not None:
+        for entry in folder.iterdir():
+            if entry.suffix in BAG_FILES and not entry.is_file():
+                raise InputError(f"the bag {path}: {entry.name} is not a regular file (a FIFO, a device or a "
+                                 "link to nothing): not a rosbag2 recording")
+    return folder if folder is not None else path
 
 
 def bag_frames(bag: str | Path, topic: str, pose_topic: str | None = None,

@@ -26,12 +26,36 @@ class Distributed:
         return self.world > 1
 
     def gather(self, obj) -> list | None:
-        """Every rank's ``obj`` on rank 0 (in rank order), None elsewhere; ``[obj]`` alone."""
+        """Every rank's ``obj`` on rank 0 (in rank order), None elsewhere; ``[obj]`` alone. A rank that is
+        gone (killed) is one line on the others, not a traceback."""
         if not self.enabled:
             return [obj]
         out = [None] * self.world if self.rank == 0 else None
-        dist.gather_object(obj, out, dst=0)
+        try:
+            dist.gather_object(obj, out, dst=0)
+        except (RuntimeError, ConnectionError) as exc:
+            raise ValueError(self._lost(exc)) from None
         return out
+
+    def agree(self, what: str, value: str) -> None:
+        """ValueError on every rank, before any work, unless every rank holds the same ``value`` (a digest
+        of its ``what``): ranks given other arguments or other inputs would mix them into one result."""
+        if not self.enabled:
+            return
+        values = [None] * self.world
+        try:
+            dist.all_gather_object(values, value)
+        except (RuntimeError, ConnectionError) as exc:
+            raise ValueError(self._lost(exc)) from None
+        differ = [rank for rank, other in enumerate(values) if other != values[0]]
+        if differ:
+            raise ValueError(f"the torchrun ranks were given different {what} (rank 0 and rank {differ[0]} differ): "
+                             "every rank must run the same command on the same inputs; nothing was written")
+
+    def _lost(self, exc: Exception) -> str:
+        first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        return (f"rank {self.rank}: another rank of this torchrun launch stopped while the ranks were exchanging "
+                f"their work ({first}); nothing was written")
 
     def close(self) -> None:
         if self.enabled and dist.is_initialized():

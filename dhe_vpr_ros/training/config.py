@@ -4,15 +4,32 @@
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field, fields
 
 from .views import ViewRecipe
 
-__all__ = ["TrainConfig", "UNFREEZE_FROM"]
+__all__ = ["BOUNDS", "STAGES", "SCHEDULES", "TrainConfig", "UNFREEZE_FROM"]
 
 log = logging.getLogger(__name__)
 
 UNFREEZE_FROM = {"cct14": 6, "efficientnet_lite0": 8}  # paper: CCT blocks 0..5 stay frozen
+STAGES, SCHEDULES = ("dhe", "joint"), ("none", "cosine")
+# Every number of a run, with its range: (whole number?, lowest, highest, lowest excluded?); the command's
+# options and a resumed run's config.json are checked against the same table.
+BOUNDS = {
+    "epochs": (True, 1, 1_000_000, False), "batch_size": (True, 1, 4096, False), "lr": (False, 0.0, 1.0, True),
+    "clip_grad": (False, 0.0, 1e9, False), "margin": (False, 0.0, 10.0, False), "negatives": (True, 1, 100, False),
+    "mining_pool": (True, 1, 10_000_000, False), "cache_refresh": (True, 1, 10_000_000, False),
+    "supervised_weight": (False, 0.0, 1e6, False), "robust_px": (False, 0.0, 1e6, False),
+    "rei_weight": (False, 0.0, 1e6, False), "warp_repeats": (True, 1, 100_000, False),
+    "difficulty": (False, 0.0, 1.0, False), "curriculum_epochs": (True, 0, 1_000_000, False),
+    "curriculum_start": (False, 0.0, 1.0, False), "unfreeze_from": (True, 0, 1000, False),
+    "positive_dist_train": (False, 0.0, 1e6, True), "positive_dist_val": (False, 0.0, 1e6, True),
+    "val_fraction": (False, 0.0, 0.9, False), "val_top_k": (True, 1, 1000, False),
+    "val_every": (True, 1, 1_000_000, False), "max_samples": (True, 1, 1 << 40, False),
+    "seed": (True, 0, 2 ** 32 - 1, False), "workers": (True, 0, 256, False),
+}
 
 
 @dataclass
@@ -59,16 +76,50 @@ class TrainConfig:
     extra: dict = field(default_factory=dict)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "TrainConfig":
-        """A config from config.json, ignoring (and naming) settings this version no longer has."""
+    def from_dict(cls, data, source: str = "config.json") -> "TrainConfig":
+        """A config from config.json (``source`` names it), ignoring (and naming) settings this version no
+        longer has; ValueError naming ``source`` and the field for anything of the wrong type or range."""
+        if not isinstance(data, dict):
+            raise ValueError(f"{source} holds a {type(data).__name__}, not the settings of a run")
         known = {f.name for f in fields(cls)}
         dropped = sorted(set(data) - known)
         if dropped:
-            log.warning("config.json: ignoring settings this version does not have: %s", ", ".join(dropped))
+            log.warning("%s: ignoring settings this version does not have: %s", source, ", ".join(dropped))
         values = {k: v for k, v in data.items() if k in known}
         if isinstance(values.get("images"), str):  # before 0.2: one folder
             values["images"] = [values["images"]]
-        return cls(**values)
+        config = cls(**{"out": "", **values})
+        config.check(source)
+        return config
+
+    def check(self, source: str = "the run's settings") -> None:
+        """ValueError naming ``source`` and the field when a setting has the wrong type or is out of range."""
+        for name, (whole, low, high, above) in BOUNDS.items():
+            value = getattr(self, name)
+            if value is None and name in ("warp_repeats", "unfreeze_from", "max_samples"):
+                continue
+            kind_ok = isinstance(value, int) if whole else isinstance(value, (int, float))
+            if isinstance(value, bool) or not kind_ok or not math.isfinite(value) or \
+                    not (low < value if above else low <= value) or value > high:
+                kind = "a whole number" if whole else "a number"
+                raise ValueError(f"{source}: field {name!r} is {value!r}, not {kind} from {low:g} "
+                                 f"({'excluded' if above else 'included'}) to {high:g}")
+        for name, allowed in (("stage", STAGES), ("lr_schedule", SCHEDULES)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{source}: field {name!r} is {getattr(self, name)!r}, not one of "
+                                 f"{', '.join(allowed)}")
+        for name in ("out", "backbone", "device"):
+            if not isinstance(getattr(self, name), str):
+                raise ValueError(f"{source}: field {name!r} is {getattr(self, name)!r}, not text")
+        images = self.images
+        if images is not None and not (isinstance(images, list) and all(isinstance(i, str) for i in images)):
+            raise ValueError(f"{source}: field 'images' is {self.images!r}, not a list of folders")
+        if not isinstance(self.views, dict):
+            raise ValueError(f"{source}: field 'views' is {self.views!r}, not the views' settings (an object)")
+        try:
+            self.recipe()
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{source}: field 'views': {exc}") from None
 
     def recipe(self) -> ViewRecipe:
         views = dict(self.views)
