@@ -30,6 +30,7 @@ import ctypes
 import ctypes.util
 import errno
 import fcntl
+import hashlib
 import json
 import logging
 import os
@@ -46,10 +47,10 @@ from typing import Callable
 
 from .reading import InputError, read_bytes, reason
 
-__all__ = ["Output", "Scratch", "WriteError", "atomic_write", "check_free_space", "check_not_protected",
+__all__ = ["Output", "Scratch", "WriteError", "atomic_write", "check_free_space", "check_name", "check_not_protected",
            "check_output", "exchange", "fsync_directory", "fsync_file", "guarded", "is_stream", "link_unnamed",
-           "lock_exclusive", "remove_stale", "resolve_output", "umask_mode", "unnamed_tempfile", "write_bytes",
-           "write_error"]
+           "lock_exclusive", "refuse_link", "remove_stale", "resolve_output", "sibling", "umask_mode",
+           "unnamed_tempfile", "write_bytes", "write_error"]
 
 log = logging.getLogger(__name__)
 
@@ -253,6 +254,13 @@ def check_free_space(where: str | os.PathLike, size: int, target: str | os.PathL
                          f"{folder}; nothing was written", str(target or where))
 
 
+def refuse_link(path: str | os.PathLike, what: str = "") -> None:
+    """WriteError when ``path`` itself is a symbolic link: an output is never written through one."""
+    if os.path.islink(path):
+        raise WriteError(errno.ELOOP, f"is a symbolic link (to {os.readlink(path)}), not {what or 'a file'}: give "
+                         "its own path, or remove the link; nothing was written", os.fsdecode(path))
+
+
 def check_output(path: str | os.PathLike, owned: Callable[[Path], bool] | None = None,
                  size: int | None = None) -> None:
     """The checks ``atomic_write`` makes, before any work: OSError naming the path when ``path``
@@ -262,9 +270,7 @@ def check_output(path: str | os.PathLike, owned: Callable[[Path], bool] | None =
     if out.stream:
         return
     given = Path(out.given)
-    if given.is_symlink():
-        raise WriteError(errno.ELOOP, f"is a symbolic link (to {os.readlink(given)}), not a file: give the file's "
-                         "own path, or remove the link; nothing was written", str(given))
+    refuse_link(given)
     target = out.path
     if target.is_dir():
         raise WriteError(errno.EISDIR, "is a folder, not a file", str(given))
@@ -283,6 +289,17 @@ def check_output(path: str | os.PathLike, owned: Callable[[Path], bool] | None =
     check_name(target, parent)
     if size is not None:
         check_free_space(parent, size, given)
+
+
+def sibling(target: str | os.PathLike, prefix: str, suffix: str) -> Path:
+    """``prefix + name + suffix`` beside ``target`` (a lock, an old version); where that would pass the
+    255-byte limit of a name (a legal 250-byte target), the name's first 200 bytes and a hash of it, so
+    every process finds the same sibling for one target."""
+    target = Path(target)
+    name = os.fsencode(target.name)
+    if len(name) + len(prefix) + len(suffix) > 255:
+        name = name[:200] + b"-" + hashlib.sha256(name).hexdigest()[:16].encode()
+    return target.parent / os.fsdecode(prefix.encode() + name + suffix.encode())
 
 
 def check_name(target: Path, parent: Path | None = None) -> None:
@@ -390,8 +407,10 @@ def _stream(out: Output, mode: str):
         if out.given == "-":
             sys.stdout.flush()
             handle = os.fdopen(os.dup(sys.stdout.fileno()), mode)
-        else:
-            handle = open(out.given, mode)
+        else:  # non-blocking open: a FIFO nobody reads is an error (ENXIO), not a hang
+            fd = os.open(out.given, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC | (os.O_APPEND if "a" in mode else 0))
+            os.set_blocking(fd, True)
+            handle = os.fdopen(fd, mode)
         with handle:
             yield guarded(handle)
             handle.flush()

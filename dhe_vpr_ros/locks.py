@@ -20,7 +20,7 @@ import threading
 import time
 from pathlib import Path
 
-from .atomic import lock_exclusive, umask_mode
+from .atomic import lock_exclusive, sibling, umask_mode, write_error
 from .reading import read_bytes
 
 __all__ = ["LockTimeout", "lock_path", "release_writer_lock", "try_writer_lock", "writer_lock"]
@@ -37,8 +37,8 @@ _HELD_GUARD = threading.Lock()
 
 
 def lock_path(target: str | os.PathLike) -> Path:
-    target = Path(target).resolve()
-    return target.parent / f".{target.name}.lock"
+    """``.NAME.lock`` beside the target (a shortened name for a long one: ``atomic.sibling``)."""
+    return sibling(Path(target).resolve(), ".", ".lock")
 
 
 @contextlib.contextmanager
@@ -85,7 +85,7 @@ def _open_locked(path: Path, blocking_ok: bool = False) -> int | None:
             if exc.errno == errno.ELOOP:
                 raise OSError(errno.ELOOP, "the writer lock's file is a symbolic link: refusing to write through "
                               "it (remove the link)", str(path)) from None
-            raise OSError(exc.errno, f"{exc.strerror} (the writer lock's file)", str(path)) from None
+            raise write_error(path, exc, "the writer lock's file") from None
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             os.close(fd)
             raise OSError(errno.EEXIST, "is not a regular file, so not a writer lock this package made: move it "

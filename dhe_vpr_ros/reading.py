@@ -36,7 +36,8 @@ REASONS = {errno.ENOENT: "not found", errno.EACCES: "permission denied", errno.E
            errno.EISDIR: "is a folder", errno.ENOTDIR: "a part of the path is not a folder",
            errno.ENAMETOOLONG: "name too long", errno.ELOOP: "too many symbolic links", errno.EIO: "I/O error",
            errno.ENOSPC: "disk full", errno.EROFS: "read-only file system", errno.EDQUOT: "disk quota exceeded",
-           errno.EMFILE: "too many open files", errno.EEXIST: "already exists"}
+           errno.EMFILE: "too many open files", errno.EEXIST: "already exists",
+           errno.ENXIO: "no process reads it (a FIFO without a reader)", errno.EPIPE: "its reader went away"}
 
 
 def reason(exc: OSError) -> str:

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import sys
 from pathlib import Path
@@ -12,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ..atomic import atomic_write, check_output
+from ..reading import InputError, read_bytes
 from ..loop.evaluation import RecordedRun, first_answers, record, report_of, sequence_answers, two_view_features
 from ..loop.groundtruth import LabelledRun
 from ..loop.policy import LoopPolicy
@@ -23,7 +25,24 @@ from ..runtime import open_localizer
 from .arguments import (add_model_arguments, add_policy_arguments, add_ranking_arguments, add_run_arguments, count,
                         counts, labelled_run, policy_from_args)
 
-__all__ = ["add_arguments", "format_table", "open_run", "run"]
+__all__ = ["REPORT_FORMAT", "add_arguments", "format_table", "open_run", "run", "written_by_evaluate"]
+
+REPORT_FORMAT = "dhe_vpr_ros.evaluate"  # the mark of a report (and, as the PNG's Software, of a plot) of ours
+
+
+def written_by_evaluate(path: Path) -> bool:
+    """Whether the file at ``path`` is a report or plot this command wrote (only those are replaced)."""
+    try:
+        data = read_bytes(path, "file", 1 << 26)
+    except (OSError, InputError):
+        return False
+    if data.startswith(b"\x89PNG"):
+        return REPORT_FORMAT.encode() in data[:1 << 16]
+    try:
+        report = json.loads(data)
+    except ValueError:
+        return False
+    return isinstance(report, dict) and report.get("format") == REPORT_FORMAT
 
 
 def format_table(report: dict) -> str:
@@ -83,8 +102,10 @@ def plot_curves(recorded: RecordedRun, run: LabelledRun, path: str, policy: Loop
     ax.grid(alpha=0.3)
     ax.set_title(f"{len(run.queries)} queries: {run.description}", fontsize=9)
     ax.legend(loc="lower left", fontsize=8)
-    with atomic_write(Path(path)) as handle:
-        fig.savefig(handle, format="png", dpi=120, bbox_inches="tight")
+    picture = io.BytesIO()  # drawn first, then one write through the door
+    fig.savefig(picture, format="png", dpi=120, bbox_inches="tight", metadata={"Software": REPORT_FORMAT})
+    with atomic_write(Path(path), owned=written_by_evaluate) as handle:
+        handle.write(picture.getbuffer())
     plt.close(fig)
 
 
@@ -123,7 +144,7 @@ def run(args: argparse.Namespace) -> int:
     policy = policy_from_args(args)
     for output in (args.json, args.plot):  # before the work, not after it
         if output:
-            check_output(output)
+            check_output(output, written_by_evaluate)
     localizer, labelled = open_run(args, rerankers)
     labelled.label_with_map(localizer.database.places)
     recorded = record(localizer, labelled.queries, rerankers, args.top_k, max(values),
@@ -133,8 +154,8 @@ def run(args: argparse.Namespace) -> int:
     sys.stdout.write(format_table(report))
     sys.stdout.flush()
     if args.json:  # the report first: a plot that fails must not cost it
-        with atomic_write(args.json, mode="w") as handle:
-            handle.write(json.dumps(report, indent=2, allow_nan=False) + "\n")
+        with atomic_write(args.json, mode="w", owned=written_by_evaluate) as handle:
+            handle.write(json.dumps({"format": REPORT_FORMAT, **report}, indent=2, allow_nan=False) + "\n")
     if args.plot:
         plot_curves(recorded, labelled, args.plot, policy, args.sequence, inliers)
     return 0

@@ -7,10 +7,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 from dataclasses import fields
 from pathlib import Path
 
-from ..atomic import check_not_protected
+from ..atomic import check_not_protected, refuse_link
+from ..locks import LockTimeout, writer_lock
 from ..runtime.threads import configure_threads
 from ..reading import read_text
 from ..training.config import BOUNDS, TrainConfig
@@ -82,6 +84,17 @@ def run(args: argparse.Namespace) -> int:
     cfg.tensorboard = not args.no_tensorboard
     cfg.extra = {"dump_rank_weights": args.dump_rank_weights}
     out = Path(args.out)
+    refuse_link(out, "a run folder")
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun: rank 0 holds the run folder's lock for all
+        return _train(args, cfg, out)
+    try:
+        with writer_lock(out, 0.0, "the training run"):  # a second run into this folder at once: refused
+            return _train(args, cfg, out)
+    except LockTimeout as exc:
+        raise ValueError(str(exc)) from None
+
+
+def _train(args: argparse.Namespace, cfg: TrainConfig, out: Path) -> int:
     if args.resume:
         saved = out / "config.json"
         if saved.is_file():  # the run's own settings win, except how many epochs to reach and where it is now

@@ -10,6 +10,7 @@ from typing import Iterable
 
 from tqdm import tqdm
 
+from ..atomic import refuse_link
 from ..image_conversion import ImageConversionError
 from ..method.identity import model_identity
 from ..method.localizer import Localizer
@@ -66,6 +67,10 @@ def open_for_writing(path: str | Path, model, build_info: dict, append: bool = F
     a new empty one storing its grids as ``grids``; MapError for a target that is not a map, or
     that cannot be written."""
     path = Path(path)
+    try:
+        refuse_link(path, "a map folder")  # before hours of embedding, not at the save
+    except OSError as exc:
+        raise MapError(str(exc)) from None
     exists = (path / "manifest.json").exists()
     if exists and append:
         database = MapDatabase.open(path, expect=model_identity(model))

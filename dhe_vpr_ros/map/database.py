@@ -21,7 +21,7 @@ import cv2
 import faiss
 import numpy as np
 
-from ..atomic import fsync_directory, fsync_file, guarded, umask_mode, write_bytes, write_error
+from ..atomic import fsync_directory, fsync_file, guarded, refuse_link, umask_mode, write_bytes, write_error
 from ..locks import LockTimeout, release_writer_lock, try_writer_lock, writer_lock
 from ..method.identity import ModelIdentity
 from .codec import GridCodec
@@ -245,6 +245,10 @@ class MapDatabase:
         lost. Writers of one map take turns (``locks.writer_lock``, waiting at most
         ``lock_timeout`` s); file-system failures are MapErrors that name the map.
         """
+        try:
+            refuse_link(path, "a map folder")
+        except OSError as exc:
+            raise MapError(str(exc)) from None
         target = Path(path).resolve()
         try:
             with writer_lock(target, lock_timeout):

@@ -19,7 +19,8 @@ import shutil
 from pathlib import Path
 from typing import Callable
 
-from ..atomic import Scratch, check_not_protected, exchange, fsync_directory, remove_stale, write_bytes
+from ..atomic import (Scratch, check_name, check_not_protected, exchange, fsync_directory, remove_stale, sibling,
+                      write_bytes)
 from ..json_fields import field
 from .format import MANIFEST, MapError, map_manifest, revision_of
 
@@ -96,6 +97,10 @@ def check_writable(target: Path) -> None:
         parent = parent.parent
     if not os.access(parent, os.W_OK | os.X_OK):
         raise MapError(f"cannot write the map {target}: {parent} is not writable")
+    try:
+        check_name(target, parent)
+    except OSError as exc:
+        raise MapError(f"cannot write the map {target}: {exc.strerror}") from None
 
 
 def swap_in(target: Path, write: Callable[[Path], None]) -> None:
@@ -111,7 +116,7 @@ def swap_in(target: Path, write: Callable[[Path], None]) -> None:
         elif exchange(scratch.path, target):
             replaced = scratch.path  # the temporary name now holds the old version: ours to remove
         else:  # no renameat2: the old version waits under a name no cleanup touches (it may be the only copy)
-            replaced = target.with_name(f".{target.name}.old-{os.getpid()}")
+            replaced = sibling(target, ".", f".old-{os.getpid()}")
             os.replace(target, replaced)
             os.replace(scratch.path, target)
         fsync_directory(target.parent)

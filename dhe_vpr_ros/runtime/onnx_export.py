@@ -17,7 +17,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..atomic import Scratch, WriteError, check_name, check_not_protected, remove_stale, write_bytes, write_error
+from ..atomic import (Scratch, WriteError, check_name, check_not_protected, refuse_link, remove_stale, write_bytes,
+                      write_error)
 from ..locks import LockTimeout, writer_lock
 from ..method.identity import model_identity
 from ..method.models import VPRModel, correlation_volume
@@ -74,6 +75,7 @@ def _graph_bytes(module: nn.Module, inputs: tuple, **options) -> bytes:
 def export_model(model: VPRModel, out: str | os.PathLike, checkpoint_info: dict, lock_timeout: float = 600.0) -> dict:
     """Write backbone.onnx, regressor.onnx and model.json into ``out`` (a new or empty folder);
     returns model.json's content."""
+    refuse_link(out, "a folder")
     out = Path(os.path.realpath(out))
     _check_target(out)  # before the work
     model = model.cpu().eval()

@@ -65,7 +65,7 @@ def write_config(out: Path, cfg: TrainConfig) -> None:
     """Every setting of the run, as ``config.json`` (what --resume reads back)."""
     out.mkdir(parents=True, exist_ok=True)
     with atomic_write(out / "config.json", mode="w") as handle:
-        json.dump(asdict(cfg), handle, indent=2)
+        handle.write(json.dumps(asdict(cfg), indent=2))
 
 
 def write_history(out: Path, history: list) -> None:

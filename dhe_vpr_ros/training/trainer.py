@@ -19,6 +19,7 @@ ordinary dhe_vpr_ros checkpoints: ``build-map``, ``query`` and the node load the
 """
 from __future__ import annotations
 
+import io
 import logging
 import math
 import signal
@@ -30,6 +31,7 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
+from ..atomic import atomic_write
 from ..method.localizer import normalise
 from ..method.models import BACKBONES, VPRModel, build_model, load_checkpoint, save_checkpoint
 from ..runtime.distributed import setup_distributed
@@ -261,8 +263,10 @@ class Trainer:
                 dist.barrier()
         if self.cfg.extra.get("dump_rank_weights"):
             self.out.mkdir(parents=True, exist_ok=True)
-            torch.save({k: v.detach().cpu() for k, v in self.model.state_dict().items()},
-                       self.out / f"rank{self.dist.rank}_weights.pt")
+            weights = io.BytesIO()
+            torch.save({k: v.detach().cpu() for k, v in self.model.state_dict().items()}, weights)
+            with atomic_write(self.out / f"rank{self.dist.rank}_weights.pt") as handle:
+                handle.write(weights.getbuffer())
         return metrics
 
     def close(self) -> None:

@@ -9,6 +9,7 @@ config rebuilds the architecture, so a checkpoint is self-describing.
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import math
 import os
@@ -61,8 +62,10 @@ def save_checkpoint(path: str | os.PathLike, model: VPRModel, meta: dict | None 
     }
     if extra:
         payload.update(extra)
+    buffer = io.BytesIO()  # a checkpoint is megabytes: serialised first, then one write through the door
+    torch.save(payload, buffer)
     with atomic_write(path) as handle:
-        torch.save(payload, handle)
+        handle.write(buffer.getbuffer())
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict:
