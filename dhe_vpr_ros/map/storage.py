@@ -125,8 +125,9 @@ def swap_in(target: Path, write: Callable[[Path], None]) -> None:
         raise
     finally:
         scratch.release(remove=False)  # its lock is on the new version's folder: readers may open it now
-    if replaced == scratch.path:
-        write_bytes(replaced / Scratch.MARKER, b'{"tool": "dhe_vpr_ros", "purpose": "a replaced map"}')
+    if replaced == scratch.path:  # the new version is in place: what follows is cleanup, it cannot fail the save
+        with contextlib.suppress(OSError):  # marked, so a crash before it is removed leaves nothing for good
+            write_bytes(replaced / Scratch.MARKER, b'{"tool": "dhe_vpr_ros", "purpose": "a replaced map"}')
     if replaced is not None:
         remove_when_unread(replaced)
 
