@@ -356,10 +356,18 @@ class Scratch:
         with contextlib.suppress(OSError):
             os.close(self.fd)
 
+    NAME = re.compile(r"^\.dhe_vpr_ros-[0-9a-f]{12}\.tmp$")
+
     @classmethod
     def is_ours(cls, path: Path) -> bool:
-        """Whether ``path`` is a folder this package made as a temporary (its name and its marker)."""
-        if not (path.name.startswith(cls.PREFIX) and path.name.endswith(cls.SUFFIX)) or path.is_symlink():
+        """Whether ``path`` is a folder this package made as a temporary: its name and its marker (or, killed
+        before the marker was written, its name and nothing in it: an empty folder loses nothing)."""
+        if not cls.NAME.match(path.name) or path.is_symlink() or not path.is_dir():
+            return False
+        try:
+            if not any(os.scandir(path)):
+                return True
+        except OSError:
             return False
         try:  # through the read door: a FIFO put where the marker should be must not block this
             record = json.loads(read_bytes(path / cls.MARKER, "temporary marker", 4096))

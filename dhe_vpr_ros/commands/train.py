@@ -11,7 +11,7 @@ import os
 from dataclasses import fields
 from pathlib import Path
 
-from ..atomic import check_not_protected, refuse_link
+from ..atomic import check_not_protected, refuse_link, remove_stale
 from ..locks import LockTimeout, writer_lock
 from ..runtime.threads import configure_threads
 from ..reading import read_text
@@ -95,6 +95,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace, cfg: TrainConfig, out: Path) -> int:
+    if out.is_dir():
+        remove_stale(out)  # what a killed run of ours left (marked temporaries, their writer gone): nothing else
     if args.resume:
         saved = out / "config.json"
         if saved.is_file():  # the run's own settings win, except how many epochs to reach and where it is now

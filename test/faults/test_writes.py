@@ -88,11 +88,9 @@ def test_kill_9_at_the_first_and_the_last_write_and_the_next_run_leaves_nothing(
         proc = run_apart(writer.argv(inputs, out), dict(os.environ), f"{n}:KILL")
         assert killed(proc, signal.SIGKILL), (n, proc.returncode, proc.stdout[-2000:], proc.stderr[-2000:])
         assert held(writer, out, before), n
-        if writer.name in INCREMENTAL and out.exists() and (out / "last.pt").exists():
-            argv = writer.argv(inputs, out) + (["--resume"] if "--resume" not in writer.argv(inputs, out) else [])
-        else:
-            out = prepared(writer, inputs, tmp_path, f"again{n}") if writer.name in INCREMENTAL else out
-            argv = writer.argv(inputs, out)
+        argv = writer.argv(inputs, out)
+        if writer.name == "train" and (out / "last.pt").exists():
+            argv += ["--resume"]  # the run got as far as its first epoch: continue it
         code, lines = run_here(argv)  # the next run of the command, where the killed one worked
         assert code == 0, (n, lines)
         assert not debris(tmp_path), (n, debris(tmp_path))
@@ -104,8 +102,11 @@ def test_sigterm_midway_ends_in_one_line_and_keeps_the_older_output(writer, inpu
     out = prepared(writer, inputs, tmp_path, "term")
     before = snapshot(out)
     proc = run_apart(writer.argv(inputs, out), dict(os.environ), f"{count // 2 + 1}:TERM")
-    assert proc.returncode == 130 and no_traceback(proc.stdout + proc.stderr), proc.stderr[-2000:]
-    assert error_lines(proc.stderr) == ["[ERROR] dhe_vpr_ros: interrupted"]
+    assert no_traceback(proc.stdout + proc.stderr), proc.stderr[-2000:]
+    if writer.name in INCREMENTAL:  # training stops cleanly with its state saved (doc/training.md): resumable
+        assert proc.returncode == 0 and (out / "last.pt").is_file() and not error_lines(proc.stderr), proc.stderr
+    else:
+        assert proc.returncode == 130 and error_lines(proc.stderr) == ["[ERROR] dhe_vpr_ros: interrupted"]
     assert held(writer, out, before)
     assert not debris(tmp_path), debris(tmp_path)
 
