@@ -200,3 +200,54 @@ def test_a_second_writer_at_the_same_time_loses_nothing(writer, inputs, tmp_path
         if code == 2:
             assert len(error_lines(err)) == 1 and str(out) in err, err
     assert out.exists() and not debris(tmp_path)
+
+
+# -- the node's ~/save_map: the recogniser's save of a map grown with keyframes, over the map it opened ---
+_GROW_AND_SAVE = """
+import sys
+import cv2
+from dhe_vpr_ros.loop.policy import LoopPolicy
+from dhe_vpr_ros.loop.recognizer import PlaceRecognizer
+from dhe_vpr_ros.map.database import MapDatabase
+from dhe_vpr_ros.method.localizer import Localizer
+from dhe_vpr_ros.runtime.loading import load_model
+model, _ = load_model(None)
+database = MapDatabase.open(sys.argv[1])
+recognizer = PlaceRecognizer(Localizer(model, database, top_k=2),
+                             LoopPolicy(add_keyframes=True, keyframe_min_interval_sec=0, min_time_gap_sec=0))
+recognizer.recognize(cv2.cvtColor(cv2.imread(sys.argv[2]), cv2.COLOR_BGR2RGB), 10 ** 18)
+print(recognizer.save(sys.argv[1]))
+"""
+
+
+def _grow_and_save(inputs, out, fault=None):
+    return subprocess.run([sys.executable, "-c", _GROW_AND_SAVE, str(out), str(inputs.more / "0000.png")],
+                          capture_output=True, text=True, timeout=300, cwd=REPO,
+                          env={**os.environ, **({"DHE_VPR_ROS_FAULT": fault} if fault else {})})
+
+
+def test_the_nodes_save_map_against_a_full_disk_at_each_write_and_a_kill(inputs, tmp_path):
+    import shutil
+    from dhe_vpr_ros.map.database import MapDatabase
+    clean = tmp_path / "clean"
+    shutil.copytree(inputs.map, clean)
+    assert _grow_and_save(inputs, clean).returncode == 0 and len(MapDatabase.open(clean)) == 5
+    for n in range(1, 16):
+        out = tmp_path / f"at{n}"
+        shutil.copytree(inputs.map, out)
+        before = snapshot(out)
+        proc = _grow_and_save(inputs, out, f"{n}:ENOSPC")
+        if proc.returncode == 0:  # past the save's last write
+            break
+        last = proc.stderr.splitlines()[-1]  # the exception the node logs and counts (its thread goes on)
+        assert "disk full" in last and str(tmp_path) in last, proc.stderr[-1500:]
+        assert snapshot(out) == before and not debris(tmp_path), n
+    else:
+        pytest.fail("the save made more writes than tried")
+    for n in (1, 6):
+        out = tmp_path / f"kill{n}"
+        shutil.copytree(inputs.map, out)
+        before = snapshot(out)
+        assert killed(_grow_and_save(inputs, out, f"{n}:KILL"), signal.SIGKILL)
+        assert snapshot(out) == before or len(MapDatabase.open(out)) == 5
+        assert _grow_and_save(inputs, out).returncode == 0 and not debris(tmp_path), n
