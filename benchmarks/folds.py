@@ -84,6 +84,7 @@ class Fold:
     gap_sec: float = 30.0
     interval_sec: float = 1.0
     static: bool = False
+    still_map: bool = False  # the map's frames come from a camera that stood still (build-map --static-threshold 1)
 
     @property
     def online(self) -> bool:
@@ -117,10 +118,11 @@ def folds(seq: Path, off_map_queries: int = 300, nordland: int = 1000) -> list[F
     for s in sources:
         kind = "stereo" if s.name == "euroc" else "shifted" if s.camera else "revisit"
         out.append(Fold(s.pair, kind, FoldSpec((s.name,), objective=s.camera), "static" if s.static else "tolerance",
-                        seq / s.pair / "reference", seq / s.pair / "queries", s.limit, s.limit, static=s.static))
+                        seq / s.pair / "reference", seq / s.pair / "queries", s.limit, s.limit, static=s.static,
+                        still_map=s.static))
     if (seq / "euroc_shifted").is_dir() and any(s.name == "euroc" for s in sources):
         out.append(Fold("euroc_shifted", "shifted", FoldSpec(("euroc",)), "static", seq / "euroc_shifted" / "reference",
-                        seq / "euroc_shifted" / "queries", static=True))
+                        seq / "euroc_shifted" / "queries", static=True, still_map=True))
     if (seq / "kitti07_drive").is_dir():
         drive = seq / "kitti07_drive"
         stamps = tuple(float(v) for v in (drive / "stamps.txt").read_text().split())
@@ -132,7 +134,7 @@ def folds(seq: Path, off_map_queries: int = 300, nordland: int = 1000) -> list[F
                 out.append(Fold(f"off_map:{q.name}_on_{m.name}", "off_map",
                                 FoldSpec((q.name, m.name), objective=False, silent=True), "none",
                                 seq / m.pair / "reference", seq / q.pair / "queries", m.limit,
-                                min(off_map_queries, q.limit or off_map_queries)))
+                                min(off_map_queries, q.limit or off_map_queries), still_map=m.static))
     for s in sources:
         first = _images(seq / s.pair / "reference", s.limit)
         second = _images(seq / s.pair / "queries", s.limit)

@@ -313,7 +313,7 @@ def main_fold(args) -> None:
                   args.spacing)
         subprocess.run([sys.executable, "-m", "dhe_vpr_ros", "build-map", "--bag", str(work / "reference_bag"),
                         "--topic", IMAGE_TOPIC, "--pose-topic", ODOM_TOPIC, "-o", str(work / "map"),
-                        *(["--static-threshold", "1"] if fold.static else [])], check=True)
+                        *(["--static-threshold", "1"] if fold.still_map else [])], check=True)
         answers, loops, _ = replay(args, work, queries, list(range(len(queries))))
         pairs = [(int(round((q - QUERY_T0) / args.period)), int(round((m - REFERENCE_T0) / args.period)))
                  for q, m in loops]
@@ -322,8 +322,9 @@ def main_fold(args) -> None:
     p = np.array([b for _, b in pairs], np.int64)
     right, far = F.truth(fold, q, p) if pairs else (np.zeros(0, bool), np.zeros(0, bool))
     loops_n, right_n = len(pairs), int(right.sum())
+    found = sum(1 for (a, _), ok in zip(pairs, right) if ok and has[a])  # recall: frames with a true place only
     precision = right_n / loops_n if loops_n else 1.0
-    recall = right_n / max(int(has.sum()), 1)
+    recall = found / max(int(has.sum()), 1)
     print(f"\n{fold.name} {F.describe_fold(fold)}: {len(answers)} frames answered, {loops_n} loop closures, "
           f"{right_n} right, {loops_n - right_n} wrong, {int(far.sum())} far; precision {precision:.3f}, recall "
           f"{recall:.3f}; {time.monotonic() - start:.0f} s")
