@@ -22,6 +22,7 @@ import cv2
 import numpy as np
 
 from .. import DATA_DIR
+from ..atomic import atomic_write
 from ..map.building import add_frames
 from ..map.database import MapDatabase
 from ..map.sources import folder_frames
@@ -61,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
         "top_k": places, "min_time_gap_sec": 0.0, "min_score": 0.0, "sequence_length": 1,
         "diagnostics_period_sec": 1.0}}}  # the demo queries are unrelated places, not a route
     params_file = out / "demo_params.yaml"
-    params_file.write_text(json.dumps(params))
+    _write_text(params_file, json.dumps(params))
     results, failures, records = play_queries(params_file, out, args.timeout, folder_frames(DATA / "queries"))
     log.info("[3/4] results")
     right, right_global, n, panels = _report(args, database, results)
@@ -70,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
     write_bag(out / "session_bag", records)
     summary = {"recall@1": {args.reranker: 100.0 * right / n, "global_only": 100.0 * right_global / n},
                "queries": n, "answered": len(results), "seconds": time.monotonic() - start, "failures": failures}
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    _write_text(out / "summary.json", json.dumps(summary, indent=2))
     sys.stdout.write(f"wrote {out / 'matches.png'}, {out / 'session_bag'} in {summary['seconds']:.0f} s\n")
     for failure in failures:
         log.error("%s", failure)
@@ -129,7 +130,17 @@ def _write_picture(path: Path, panels: list) -> None:
     rows = [np.pad(p, ((0, 4), (0, width - p.shape[1]), (0, 0))) for p in panels]
     cols = [np.concatenate(rows[j::2] + ([np.zeros_like(rows[0])] if len(rows[j::2]) < len(rows[0::2]) else []))
             for j in (0, 1)]
-    cv2.imwrite(str(path), cv2.cvtColor(np.concatenate(cols, axis=1), cv2.COLOR_RGB2BGR))
+    ok, picture = cv2.imencode(".png", cv2.cvtColor(np.concatenate(cols, axis=1), cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise ValueError(f"OpenCV could not encode {path}")
+    with atomic_write(path) as handle:
+        handle.write(picture.tobytes())
+
+
+def _write_text(path: Path, text: str) -> None:
+    """A file of the demo's folder, through the write door (atomic, the path named on failure)."""
+    with atomic_write(path, mode="w") as handle:
+        handle.write(text)
 
 
 MARKER = ".dhe_vpr_ros_demo"  # in every folder the demo writes: it may write there again
@@ -145,4 +156,4 @@ def claim_output(out: Path) -> None:
         raise ValueError(f"demo --out {out} holds files the demo did not write ({names}): nothing was changed; "
                          "choose a new or empty folder")
     out.mkdir(parents=True, exist_ok=True)
-    (out / MARKER).write_text("written by `python -m dhe_vpr_ros demo`; it replaces its own files here\n")
+    _write_text(out / MARKER, "written by `python -m dhe_vpr_ros demo`; it replaces its own files here\n")

@@ -24,14 +24,9 @@ from ..atomic import (Scratch, check_name, check_not_protected, exchange, fsync_
 from ..json_fields import field
 from .format import MANIFEST, MapError, map_manifest, revision_of
 
-__all__ = ["check_unchanged", "check_writable", "clean_leftovers", "fsync_file", "reading", "swap_in"]
+__all__ = ["check_unchanged", "check_writable", "clean_leftovers", "reading", "swap_in"]
 
 log = logging.getLogger(__name__)
-
-
-def fsync_file(path: Path) -> None:
-    with open(path, "rb") as handle:
-        os.fsync(handle.fileno())
 
 
 @contextlib.contextmanager

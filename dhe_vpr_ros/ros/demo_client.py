@@ -6,11 +6,9 @@ from __future__ import annotations
 
 import os
 import random
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -22,6 +20,7 @@ from rclpy.serialization import serialize_message
 from sensor_msgs.msg import Image
 from std_msgs.msg import Float64MultiArray
 
+from ..atomic import Scratch, check_output, exchange
 from ..image_conversion import rgb_to_fields
 
 __all__ = ["play_queries", "stop_node", "write_bag"]
@@ -35,6 +34,7 @@ def play_queries(params_file: Path, out: Path, timeout: float, queries: list) ->
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
     failures: list[str] = []
     records: list[tuple[str, int, object]] = []
+    check_output(out / "vpr_node.log")  # (a log the node streams into: checked by the write door first)
     with open(out / "vpr_node.log", "w") as node_log:
         cmd = [sys.executable, "-m", "dhe_vpr_ros", "node", "--ros-args", "--params-file", str(params_file)]
         node = subprocess.Popen(cmd, stdout=node_log, stderr=subprocess.STDOUT)
@@ -106,15 +106,17 @@ def write_bag(path: Path, records) -> None:
 
     store = get_typestore(Stores.ROS2_JAZZY)
     types = {"/demo/camera/image_raw": "sensor_msgs/msg/Image"}
-    tmp = Path(tempfile.mkdtemp(prefix=".session.", dir=path.parent)) / "bag"
-    with Writer(tmp, version=9, storage_plugin=StoragePlugin.MCAP) as writer:
-        conns = {}
-        for topic, stamp, msg in sorted(records, key=lambda r: r[1]):
-            if topic not in conns:
-                conns[topic] = writer.add_connection(topic, types.get(topic, "std_msgs/msg/Float64MultiArray"),
-                                                     typestore=store)
-            writer.write(conns[topic], stamp, serialize_message(msg))
-    if path.exists():
-        shutil.rmtree(path)
-    os.replace(tmp, path)
-    shutil.rmtree(tmp.parent, ignore_errors=True)
+    scratch = Scratch(path.parent, "the demo's session bag")  # a marked temporary of the write door
+    try:
+        bag = scratch.path / "bag"
+        with Writer(bag, version=9, storage_plugin=StoragePlugin.MCAP) as writer:
+            conns = {}
+            for topic, stamp, msg in sorted(records, key=lambda r: r[1]):
+                if topic not in conns:
+                    conns[topic] = writer.add_connection(topic, types.get(topic, "std_msgs/msg/Float64MultiArray"),
+                                                         typestore=store)
+                writer.write(conns[topic], stamp, serialize_message(msg))
+        if not (path.exists() and exchange(bag, path)):  # the demo's own bag of an earlier run: swapped out
+            os.replace(bag, path)
+    finally:
+        scratch.release()

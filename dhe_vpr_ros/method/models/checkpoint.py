@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from ...atomic import atomic_write
+from ...reading import open_regular
 from .homography_regressor import RegressorConfig
 from .vpr_model import VPRModel, build_model
 
@@ -33,8 +34,9 @@ class CheckpointError(RuntimeError):
 
 
 def file_sha256(path: str | os.PathLike) -> str:
+    """The SHA-256 of a regular file (read through the read door: never a FIFO or a device)."""
     digest = hashlib.sha256()
-    with open(path, "rb") as handle:
+    with open_regular(path, "file", 1 << 40) as handle:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
