@@ -10,13 +10,15 @@ import importlib
 
 from .threads import ThreadGovernor, ThreadSettings, choose_threads, configure_threads
 
-__all__ = ["FrameSlots", "Handoff", "OnnxError", "Pipeline", "RUNTIMES", "ThreadGovernor", "ThreadSettings", "choose_threads",
-           "configure_threads", "default_checkpoint", "export_model", "load_any_model", "load_model", "load_onnx_model",
-           "open_localizer", "resolve_device"]
+__all__ = ["FrameSlots", "Handoff", "OnnxError", "Pipeline", "RUNTIMES", "ThreadGovernor",
+           "ThreadSettings", "choose_threads", "configure_threads", "default_checkpoint",
+           "export_model", "load_any_model", "load_model", "load_onnx_model", "open_localizer",
+           "resolve_device"]
 
-_LAZY = {"FrameSlots": "frame_slots", "Handoff": "pipeline", "Pipeline": "pipeline", "OnnxError": "onnx", "RUNTIMES": "loading", "default_checkpoint": "loading",
-         "export_model": "onnx_export", "load_any_model": "loading", "load_model": "loading", "load_onnx_model": "onnx",
-         "open_localizer": "factory", "resolve_device": "device"}
+_LAZY = {"FrameSlots": "frame_slots", "Handoff": "pipeline", "Pipeline": "pipeline",
+         "OnnxError": "onnx", "RUNTIMES": "loading", "default_checkpoint": "loading",
+         "export_model": "onnx_export", "load_any_model": "loading", "load_model": "loading",
+         "load_onnx_model": "onnx", "open_localizer": "factory", "resolve_device": "device"}
 
 
 def __getattr__(name: str):
