@@ -22,8 +22,8 @@ import stat
 import struct
 from pathlib import Path
 
-__all__ = ["MAX_INPUT_BYTES", "InputError", "check_directory", "image_dimensions", "open_regular", "read_bytes",
-           "read_text", "reason"]
+__all__ = ["MAX_INPUT_BYTES", "InputError", "check_directory", "image_dimensions", "input_mode", "open_regular",
+           "read_bytes", "read_text", "reason"]
 
 MAX_INPUT_BYTES = 1 << 30  # an image, a config or a manifest larger than this is not one
 
@@ -94,14 +94,20 @@ def read_text(path, what: str = "file", limit: int = MAX_INPUT_BYTES) -> str:
         raise InputError(f"cannot read {what} {path}: not UTF-8 text (byte {exc.start})") from None
 
 
-def check_directory(path, what: str = "folder") -> Path:
-    """``path`` if it is a folder (links followed); InputError (FileNotFoundError where absent) otherwise."""
+def input_mode(path, what: str) -> int:
+    """``path``'s mode (links followed): FileNotFoundError naming ``what`` where it is absent, InputError
+    where it cannot be looked at."""
     try:
-        mode = os.stat(path).st_mode
+        return os.stat(path).st_mode
     except FileNotFoundError:
         raise FileNotFoundError(f"{what} not found: {path}") from None
     except OSError as exc:
         raise InputError(f"cannot read {what} {path}: {reason(exc)}") from None
+
+
+def check_directory(path, what: str = "folder") -> Path:
+    """``path`` if it is a folder (links followed); InputError (FileNotFoundError where absent) otherwise."""
+    mode = input_mode(path, what)
     if not stat.S_ISDIR(mode):
         raise InputError(f"{what} {path} is {_kind(mode) if not stat.S_ISREG(mode) else 'a file'}, not a folder")
     return Path(path)

@@ -19,6 +19,7 @@ import pytest
 import yaml
 
 from conftest import textured_image
+from faults.matrix import snapshot
 from dhe_vpr_ros.commands.cli import main
 from dhe_vpr_ros.loop.policy import LoopPolicy
 from dhe_vpr_ros.loop.sequence import MAX_WORK
@@ -32,20 +33,6 @@ def one_error(caplog) -> str:
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert len(errors) == 1, errors
     return errors[0]
-
-
-def snapshot(folder: Path) -> dict:
-    """Every entry under ``folder`` (links as links) with its bytes and mode: to prove nothing changed."""
-    out = {}
-    for path in sorted(folder.rglob("*")):
-        info = os.lstat(path)
-        if stat.S_ISREG(info.st_mode):
-            out[str(path.relative_to(folder))] = (path.read_bytes(), info.st_mode)
-        elif stat.S_ISLNK(info.st_mode):
-            out[str(path.relative_to(folder))] = ("link", os.readlink(path))
-        else:
-            out[str(path.relative_to(folder))] = ("entry", info.st_mode)
-    return out
 
 
 @pytest.fixture(scope="module")

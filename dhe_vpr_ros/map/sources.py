@@ -21,7 +21,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from ..image_conversion import ImageConversionError, read_image, to_rgb
-from ..reading import InputError, reason
+from ..reading import InputError, input_mode
 from .records import Pose
 
 __all__ = ["IMAGE_SUFFIXES", "Frame", "bag_frames", "folder_frames", "geo_split", "list_images", "parse_utm"]
@@ -126,12 +126,7 @@ def _bag_path(path: str | Path) -> Path:
     file of it rosbags would open must be a regular file (a folder for the bag itself): a FIFO or a
     device there would block the reader for ever, so it is refused, named."""
     path = Path(path)
-    try:
-        mode = os.stat(path).st_mode
-    except FileNotFoundError:
-        raise FileNotFoundError(f"rosbag not found: {path}") from None
-    except OSError as exc:
-        raise InputError(f"cannot read the bag {path}: {reason(exc)}") from None
+    mode = input_mode(path, "rosbag")
     if not (stat.S_ISDIR(mode) or stat.S_ISREG(mode)):
         raise InputError(f"the bag {path} is not a rosbag2 file or folder (a FIFO, a socket or a device)")
     folder = path if stat.S_ISDIR(mode) else path.parent if (path.parent / "metadata.yaml").is_file() else None
