@@ -27,6 +27,10 @@ Sources (public GitHub repositories, fetched beforehand; nothing is downloaded h
   between the first and the last frame), so every map place is the right one ("static" truth):
   ``euroc_shifted`` maps every 4th cam0 frame and queries the cam0 frames 2 later;
   ``euroc_stereo`` maps every cam0 frame and queries the cam1 frame of the same instant.
+* ``euroc_loops``: the loop-closure sample of the same repository (``tests/data/ForLoopClosureDetector``,
+  EuRoC, 752 x 480): two places seen twice from viewpoints far apart (left images 0 and 2 the map,
+  1 and 3 the queries, as Kimera's own test pairs them); ``{"tolerance": 0}``. Not used to choose any
+  default: a run the defaults never saw.
 
 Every run folder gets ``truth.json``: ``{"tolerance": 2}`` (query i is right at places i-2 .. i+2,
 far beyond 5) or ``{"static": true}`` (every place is right), and ``{"resolution": "thumbnail"}``
@@ -85,6 +89,13 @@ def kitti_stamps(root: Path, count: int) -> list[float]:
 def euroc(root: Path, camera: str) -> list[np.ndarray]:
     folder = root / "tests" / "data" / "MicroEurocDataset" / "mav0" / camera / "data"
     return [cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB) for p in sorted(folder.glob("*.png"))]
+
+
+def euroc_loops(root: Path) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """(map, queries) of Kimera's loop-closure sample: left images 0, 2 and the revisits 1, 3."""
+    folder = root / "tests" / "data" / "ForLoopClosureDetector"
+    frames = [cv2.cvtColor(cv2.imread(str(folder / f"left_img_{i}.png")), cv2.COLOR_BGR2RGB) for i in range(4)]
+    return frames[0::2], frames[1::2]
 
 
 def shifted(frames: list[np.ndarray]) -> tuple[list[np.ndarray], list[np.ndarray]]:
@@ -146,6 +157,7 @@ def main() -> None:
         cam0, cam1 = euroc(args.kimera, "cam0"), euroc(args.kimera, "cam1")
         write_pair(args.out, "euroc_shifted", *shifted(cam0), False, {"static": True})
         write_pair(args.out, "euroc_stereo", cam0, cam1, False, {"static": True})
+        write_pair(args.out, "euroc_loops", *euroc_loops(args.kimera), False, {"tolerance": 0})
 
 
 if __name__ == "__main__":
