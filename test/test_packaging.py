@@ -71,5 +71,5 @@ def test_the_names_users_type_stay_as_they_are(tmp_path):
         ["manifest.json", "global.faiss", "local.f16", "places.jsonl", "cells.f64", "static_mask.png"])
     manifest = json.loads((tmp_path / "map" / "manifest.json").read_text())
     assert sorted(manifest) == sorted(["format", "version", "model", "num_places", "index", "build", "revision",
-                                       "mask"])
+                                       "mask", "files"])
     assert (manifest["format"], manifest["version"]) == ("dhe_vpr_ros.map", 1)

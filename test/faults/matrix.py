@@ -26,7 +26,7 @@ import cv2
 
 import dhe_vpr_ros
 from conftest import textured_image
-from dhe_vpr_ros import atomic
+from dhe_vpr_ros import syscalls
 from dhe_vpr_ros.atomic import Scratch
 from dhe_vpr_ros.commands.cli import main
 
@@ -120,7 +120,7 @@ def run_here(argv: list[str], fault: str | None = None) -> tuple[int, list[str]]
     try:
         if fault:
             n, kind = fault.split(":")
-            os.environ["DHE_VPR_ROS_FAULT"] = f"{atomic._writes + int(n)}:{kind}"
+            os.environ["DHE_VPR_ROS_FAULT"] = f"{syscalls._writes + int(n)}:{kind}"
         code = main(argv)
     finally:
         os.environ.pop("DHE_VPR_ROS_FAULT", None)
@@ -130,10 +130,10 @@ def run_here(argv: list[str], fault: str | None = None) -> tuple[int, list[str]]
 
 def writes_of(argv: list[str]) -> int:
     """How many writes through the door a clean run of ``argv`` makes (it must succeed)."""
-    before = atomic._writes
+    before = syscalls._writes
     code, lines = run_here(argv)
     assert code == 0, lines
-    return atomic._writes - before
+    return syscalls._writes - before
 
 
 def run_apart(argv: list[str], env: dict, fault: str | None = None,
