@@ -98,6 +98,21 @@ class _GridDLT:
         return h / h[:, 2:3, 2:3]
 
 
+def _frame_corners(points: torch.Tensor) -> torch.Tensor:
+    """(3, 4): the corners of the box around ``points`` (N, 2), homogeneous."""
+    low, high = points.min(0).values, points.max(0).values
+    xs, ys = torch.stack([low[0], high[0], high[0], low[0]]), torch.stack([low[1], low[1], high[1], high[1]])
+    return torch.stack([xs, ys, torch.ones_like(xs)])
+
+
+def _keeps_frame_in_front(homographies: torch.Tensor, corners: torch.Tensor) -> torch.Tensor:
+    """(K,) whether each homography maps every corner of the query frame to a finite point on one side of
+    the line at infinity: a fit that folds the frame through infinity (a few collinear inliers) is no view
+    of it, and is refused rather than published with corners thousands of pixels away."""
+    depth = (homographies @ corners)[:, 2]  # (K, 4)
+    return (depth > 0).all(-1) | (depth < 0).all(-1)
+
+
 @torch.no_grad()
 def refine_homographies(homographies: torch.Tensor, query_keypoints: torch.Tensor,
                         candidate_keypoints: torch.Tensor, matches: Matches, rounds: int,
@@ -106,7 +121,8 @@ def refine_homographies(homographies: torch.Tensor, query_keypoints: torch.Tenso
 
     homographies: (K, 3, 3) query -> candidate pixels; keypoints (N, 2) and (M, 2); matches
     with (K, N) partner/valid. Returns (K, 3, 3). A candidate keeps its current homography in
-    a round where it has fewer than ``MIN_INLIERS`` inliers or the fit is not finite.
+    a round where it has fewer than ``MIN_INLIERS`` inliers, the fit is not finite or it folds the
+    query frame through infinity.
     """
     thresholds = inlier_thresholds(rounds, high_px, low_px)
     if not thresholds:
@@ -116,6 +132,7 @@ def refine_homographies(homographies: torch.Tensor, query_keypoints: torch.Tenso
     targets = grid[matches.partner]  # (K, N, 2): the same partners every round
     dlt = _GridDLT(query_points, grid, targets)
     homogeneous_t = torch.cat([query_points, torch.ones_like(query_points[:, :1])], -1).T  # (3, N)
+    corners = _frame_corners(query_points)
     k = homographies.shape[0]
     current = homographies
     for threshold in thresholds:
@@ -126,7 +143,7 @@ def refine_homographies(homographies: torch.Tensor, query_keypoints: torch.Tenso
         if not enough.any():
             break
         fitted = dlt.fit(weights)
-        update = enough & torch.isfinite(fitted).flatten(1).all(-1)
+        update = enough & torch.isfinite(fitted).flatten(1).all(-1) & _keeps_frame_in_front(fitted, corners)
         current = torch.where(update[:, None, None], fitted, current)
     return current
 
