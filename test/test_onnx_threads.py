@@ -85,6 +85,10 @@ def test_bad_exports_end_in_one_clear_line(exported, tmp_path, caplog):
         meta.update(values)
         (folder / "model.json").write_text(json.dumps(meta))
 
+    def hashes_of(folder):
+        from dhe_vpr_ros.runtime.onnx import file_sha256
+        return {name: file_sha256(folder / name) for name in ("backbone.onnx", "regressor.onnx")}
+
     other = tmp_path / "other_export"
     other_model = load_model(None, backbone="efficientnet_lite0")[0]
     torch.nn.init.normal_(other_model.regressor.linear.weight)  # another checkpoint's regressor
@@ -95,10 +99,11 @@ def test_bad_exports_end_in_one_clear_line(exported, tmp_path, caplog):
         (variant("garbage", lambda f: (f / "regressor.onnx").write_bytes(b"not onnx")), "not the file this export"),
         (variant("foreign", lambda f: shutil.copy(other / "regressor.onnx", f / "regressor.onnx")),
          "not the file this export"),
-        (variant("wrong_size", lambda f: meta_edit(f, input_size=320, files_sha256={})), "different exports"),
-        (variant("unsigned_garbage", lambda f: (meta_edit(f, files_sha256={}),
-                                                (f / "backbone.onnx").write_bytes(b"\0" * 64))),
+        (variant("wrong_size", lambda f: meta_edit(f, input_size=320)), "different exports"),
+        (variant("signed_garbage", lambda f: ((f / "backbone.onnx").write_bytes(b"\0" * 64),
+                                              meta_edit(f, files_sha256=hashes_of(f)))),
          "not a usable ONNX model"),
+        (variant("unsigned", lambda f: meta_edit(f, files_sha256={})), "records no hash"),
         (variant("not_ours", lambda f: meta_edit(f, format="something")), "not a dhe_vpr_ros ONNX export"),
     ]
     for folder, reason in cases:

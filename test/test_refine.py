@@ -107,3 +107,22 @@ def test_the_shift_start_rescues_a_far_off_homography_and_a_good_one_is_kept():
                                            Matches(matches.partner[i:i + 1], matches.valid[i:i + 1]), 4, 48, 24,
                                            score_px=24) for i in range(3)])
     assert corner_error(both, single, SIZE, SIZE).max() < 1e-2
+
+
+def test_one_grid_fit_is_kornias_weighted_dlt_per_candidate():
+    """The shared-grid normal matrices with each candidate's own (weighted) normalisation give kornia's
+    ``find_homography_dlt`` on the same weighted correspondences: noisy partners, few and clustered inliers."""
+    from kornia.geometry.homography import find_homography_dlt
+
+    from dhe_vpr_ros.method.refine import _GridDLT
+    g = torch.Generator().manual_seed(3)
+    k = 6
+    h_true = random_homographies(k, SIZE, max_shift=0.2, generator=g)
+    kps = grid_keypoints(24, 24, STRIDE)
+    partners = warp_points(h_true, kps.expand(k, -1, -1)) + 2.0 * torch.randn(k, len(kps), 2, generator=g)
+    weights = (torch.rand(k, len(kps), generator=g) < 0.5).float()
+    weights[0] = 0
+    weights[0, [row * 24 + col for row in range(3) for col in range(4)]] = 1  # a dozen inliers in one corner
+    ours = _GridDLT(kps, kps, partners).fit(weights)
+    theirs = find_homography_dlt(kps.expand(k, -1, -1).double(), partners.double(), weights.double()).float()
+    assert corner_error(ours, theirs, SIZE, SIZE).max() < 0.05, corner_error(ours, theirs, SIZE, SIZE)

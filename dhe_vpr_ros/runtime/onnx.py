@@ -170,8 +170,10 @@ def load_onnx_model(folder: str | os.PathLike, expect_backbone: str | None = Non
     for name in (BACKBONE, REGRESSOR):
         if not (folder / name).is_file():
             raise OnnxError(f"{folder}: {name} is missing, or not a regular file")
-        recorded = (meta.get("files_sha256") or {}).get(name)  # none recorded: the loads below check
-        if recorded is not None and recorded != file_sha256(folder / name):
+        recorded = (meta.get("files_sha256") or {}).get(name)
+        if recorded is None:  # every export since hashes exist writes both: a file without is not known to belong
+            raise OnnxError(f"{meta_file}: field 'files_sha256' records no hash for {name}: export again")
+        if recorded != file_sha256(folder / name):
             raise OnnxError(f"{folder / name} is not the file this export wrote (its hash differs from {META}): "
                             "export again")
     sessions = [_session(folder / name, threads) for name in (BACKBONE, REGRESSOR)]
