@@ -111,7 +111,8 @@ def test_the_shift_start_rescues_a_far_off_homography_and_a_good_one_is_kept():
 
 def test_one_grid_fit_is_kornias_weighted_dlt_per_candidate():
     """The shared-grid normal matrices with each candidate's own (weighted) normalisation give kornia's
-    ``find_homography_dlt`` on the same weighted correspondences: noisy partners, few and clustered inliers."""
+    ``find_homography_dlt`` on the same weighted correspondences (to a tenth of a pixel: kornia scales by the
+    mean distance, ours by the root mean square): noisy partners, few and clustered inliers."""
     from kornia.geometry.homography import find_homography_dlt
 
     from dhe_vpr_ros.method.refine import _GridDLT
@@ -125,4 +126,4 @@ def test_one_grid_fit_is_kornias_weighted_dlt_per_candidate():
     weights[0, [row * 24 + col for row in range(3) for col in range(4)]] = 1  # a dozen inliers in one corner
     ours = _GridDLT(kps, kps, partners).fit(weights)
     theirs = find_homography_dlt(kps.expand(k, -1, -1).double(), partners.double(), weights.double()).float()
-    assert corner_error(ours, theirs, SIZE, SIZE).max() < 0.05, corner_error(ours, theirs, SIZE, SIZE)
+    assert corner_error(ours, theirs, SIZE, SIZE).max() < 0.1, corner_error(ours, theirs, SIZE, SIZE)

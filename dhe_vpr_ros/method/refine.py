@@ -6,12 +6,12 @@ The regressor's homography decides which mutual-NN matches are inliers (within t
 threshold); a weighted DLT over those inliers, repeated a few rounds with a shrinking
 threshold, makes the homography as accurate as the matches allow. No random sampling: all
 K candidates of a query are refined in one batched pass, at a small fixed cost. The weighted
-DLT is the one of kornia's ``find_homography_dlt`` (the 9 x 9 normal matrix solved against ones, each
-candidate's inliers Hartley-normalised), computed another way: the query points are one grid shared by
-every candidate, so all K normal matrices of a round come from one small matrix product (``_GridDLT``)
-instead of K design matrices (doc/speed.md has the timings). On the synthetic and graf pairs of
-``benchmarks/homography_accuracy.py`` its homographies are kornia's to well under a pixel. (Normalising
-once by the whole grids instead, which is cheaper still, cost 1.5 points of Recall@1 on ESSEX3IN1: the
+DLT is the one of kornia's ``find_homography_dlt`` (the 9 x 9 normal matrix solved against ones,
+each candidate's inliers normalised to centroid 0 and spread sqrt(2)), computed another way: the
+query points are one grid shared by every candidate, so all K normal matrices of a round come from
+one small matrix product (``_GridDLT``) instead of K design matrices (doc/speed.md has the timings).
+(Normalising once by the whole grids instead, which is cheaper still, cost 1.5 points of Recall@1 on
+ESSEX3IN1 and hundreds of pixels where the inliers are few and close together: the
 DLT's least squares depend on the normalisation.)
 
 Why not kornia's ``find_homography_dlt_iterated`` as a whole: it re-weights every
@@ -61,6 +61,7 @@ def _hartley(points: torch.Tensor) -> torch.Tensor:
 
 # the 6 distinct entries of a symmetric 3 x 3 matrix, in row-major order of its upper triangle
 _UPPER = [(0, 0), (0, 1), (0, 2), (1, 1), (1, 2), (2, 2)]
+_SYMMETRIC = [_UPPER.index((min(i, j), max(i, j))) for i in range(3) for j in range(3)]  # 3 x 3 from _UPPER
 
 
 class _GridDLT:
@@ -72,10 +73,11 @@ class _GridDLT:
     distinct 3 x 3 blocks, each a weighted sum of ``P = p p^T`` over the grid: ``A`` (weights w), ``Bu``
     (w u), ``Bv`` (w v) and ``C`` (w (u^2 + v^2)):  ``[[A, 0, -Bu], [0, A, -Bv], [-Bu, -Bv, C]]``.
     ``P``'s 6 distinct entries per grid point are fixed, so all K candidates' sums are one (4K, N) x
-    (N, 6) product of the weights with them. Each candidate's points are then normalised as kornia does,
-    by the Hartley transforms of its own inliers (weighted), which only recombines those sums: the fit is
-    kornia's ``find_homography_dlt`` on the inliers, without K design matrices. In float64: the
-    recombination cancels where the inliers are few and close together."""
+    (N, 6) product of the weights with them. Each candidate's points are then normalised by its own
+    weighted inliers' centroid and spread, which are in those sums too, and normalising only recombines
+    them: the fit is kornia's ``find_homography_dlt`` on the inliers without K design matrices (kornia
+    scales by the mean distance, these sums give the root mean square: the fits differ by hundredths of a
+    pixel). In float64: the recombination cancels where the inliers are few and close together."""
 
     def __init__(self, query_points: torch.Tensor, candidate_grid: torch.Tensor, partners: torch.Tensor):
         self.t1, t2 = _hartley(query_points.double()), _hartley(candidate_grid.double())
@@ -92,10 +94,8 @@ class _GridDLT:
         matrix solved against ones, as kornia's LU solver does; not finite where it is singular."""
         k, dtype, weights = weights.shape[0], weights.dtype, weights.double()
         sums = ((self.factors * weights).reshape(4 * k, -1) @ self.entries).view(4, k, 6)
-        blocks = torch.zeros(4, k, 3, 3, dtype=sums.dtype, device=sums.device)
-        for index, (i, j) in enumerate(_UPPER):
-            blocks[..., i, j] = blocks[..., j, i] = sums[..., index]
-        query_t, partner_t = _weighted_hartley(self.points, weights), _weighted_hartley(self.partners, weights)
+        blocks = sums[..., _SYMMETRIC].view(4, k, 3, 3)
+        query_t, partner_t = _hartley_from_sums(blocks)
         a, bu, bv, c = _renormalised(blocks, query_t, partner_t)
         zero = torch.zeros_like(a)
         normal = torch.cat([torch.cat([a, zero, -bu], -1), torch.cat([zero, a, -bv], -1),
@@ -106,17 +106,27 @@ class _GridDLT:
         return (h / h[:, 2:3, 2:3]).to(dtype)
 
 
-def _weighted_hartley(points: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """(K, 3, 3): per candidate, the similarity taking the weighted ``points`` ((N, 2) shared, or (K, N, 2))
-    to centroid 0 and mean distance sqrt(2)."""
-    total = weights.sum(-1, keepdim=True).clamp_min(1e-12)  # (K, 1)
-    points = points.expand(weights.shape[0], -1, -1)
-    centroid = (weights[..., None] * points).sum(1) / total  # (K, 2)
-    spread = (weights * (points - centroid[:, None]).norm(dim=-1)).sum(-1, keepdim=True) / total
-    scale = math.sqrt(2.0) / spread.clamp_min(1e-12)  # (K, 1)
-    transform = torch.zeros(weights.shape[0], 3, 3, dtype=points.dtype, device=points.device)
-    transform[:, 0, 0] = transform[:, 1, 1] = scale[:, 0]
-    transform[:, :2, 2] = -scale * centroid
+def _hartley_from_sums(blocks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(K, 3, 3) twice: per candidate, the similarities taking its weighted query points and its weighted
+    partners to centroid 0 and root-mean-square distance sqrt(2), read off the blocks (4, K, 3, 3) of
+    weighted sums: ``A`` holds sum w, sum w x, sum w y and sum w (x^2 + y^2); ``Bu``, ``Bv`` and ``C``
+    the partners' sum w u, sum w v and sum w (u^2 + v^2). (Hartley's RMS variant of kornia's mean-distance
+    normalisation: the same centring, a scale within the spread of the points; no pass over the points.)"""
+    a, bu, bv, c = blocks
+    total = a[:, 2, 2].clamp_min(1e-12)
+    query_centre = torch.stack([a[:, 0, 2], a[:, 1, 2]], -1) / total[:, None]  # (K, 2)
+    query_square = (a[:, 0, 0] + a[:, 1, 1]) / total - query_centre.square().sum(-1)
+    partner_centre = torch.stack([bu[:, 2, 2], bv[:, 2, 2]], -1) / total[:, None]
+    partner_square = c[:, 2, 2] / total - partner_centre.square().sum(-1)
+    return _similarity(query_centre, query_square), _similarity(partner_centre, partner_square)
+
+
+def _similarity(centre: torch.Tensor, mean_square: torch.Tensor) -> torch.Tensor:
+    """(K, 3, 3): x -> s (x - centre) with s = sqrt(2 / mean_square)."""
+    scale = (2.0 / mean_square.clamp_min(1e-24)).sqrt()
+    transform = torch.zeros(centre.shape[0], 3, 3, dtype=centre.dtype, device=centre.device)
+    transform[:, 0, 0] = transform[:, 1, 1] = scale
+    transform[:, :2, 2] = -scale[:, None] * centre
     transform[:, 2, 2] = 1.0
     return transform
 
