@@ -58,6 +58,7 @@ def main() -> None:
     import rclpy
     from rclpy.qos import QoSProfile, ReliabilityPolicy
     from sensor_msgs.msg import Image
+    from diagnostic_msgs.msg import DiagnosticArray
     from std_msgs.msg import Float64MultiArray
 
     from dhe_vpr_ros.map.sources import folder_frames
@@ -99,9 +100,10 @@ def main() -> None:
     rclpy.init()
     probe = rclpy.create_node("latency_probe")
     pub = probe.create_publisher(Image, "/bench/image", QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE))
-    answers = {}
+    answers, stages = {}, {}
     probe.create_subscription(Float64MultiArray, "/vpr_node/match",
                               lambda m: answers.setdefault(round(m.data[0], 3), time.monotonic()), 50)
+    probe.create_subscription(DiagnosticArray, "/diagnostics", lambda m: stages.update(_stage_medians(m)), 10)
     while pub.get_subscription_count() == 0 or probe.count_publishers("/vpr_node/match") == 0:
         rclpy.spin_once(probe, timeout_sec=0.1)
     msgs = []
@@ -133,6 +135,7 @@ def main() -> None:
         proc.start()
     run(args.rate, 5.0, 100.0)  # warm-up
     lat, fps, n = run(args.rate, args.seconds, 1000.0)
+    stages_at_rate, stages = dict(stages), {}  # /diagnostics' medians over the frames at --rate, then at 30 Hz
     _, sustained, n_fast = run(30.0, 15.0, 3000.0)
     for proc in busy:
         proc.kill()  # SIGKILL: a forked child keeps rclpy's SIGTERM handler
@@ -144,8 +147,24 @@ def main() -> None:
           f"{'median ms':>10} {'p95 ms':>8} {'sustained fps (30 Hz in)':>25}")
     print(f"{len(db):<12} {args.device:<7} {args.reranker:<9} {args.busy_cores:>5} {args.rate:>8.1f} {len(lat):>7} "
           f"{statistics.median(lat):>10.1f} {p95:>8.1f} {sustained:>25.2f}")
+    for label, seen in ((f"{args.rate:g} Hz", stages_at_rate), ("30 Hz", stages)):  # builds that report stages
+        if seen:
+            print(f"stage p50 ms at {label} (the node's last 200 frames): "
+                  + ", ".join(f"{k} {v:.1f}" for k, v in sorted(seen.items())))
     print(f"node_latency_median_ms={statistics.median(lat):.1f} node_latency_p95_ms={p95:.1f} "
           f"sustained_fps={sustained:.2f}")
+    for name, ms in sorted(stages_at_rate.items()):
+        print(f"node_stage_{name}_ms_p50={ms:.1f}")
+
+
+def _stage_medians(message) -> dict:
+    """{stage: p50 ms} from a DiagnosticArray of the node (``stage_<name>_ms_p50``; none from older builds)."""
+    found = {}
+    for status in message.status:
+        for item in status.values:
+            if item.key.startswith("stage_") and item.key.endswith("_ms_p50"):
+                found[item.key[len("stage_"):-len("_ms_p50")]] = float(item.value)
+    return found
 
 
 if __name__ == "__main__":

@@ -133,12 +133,18 @@ def test_evaluate_recall_matches_hand_computation(tmp_path, model, capsys):
         cv2.imwrite(str(q_dir / _utm_name(i, east, north)),
                     cv2.cvtColor(warp(scene(seed), TRUE_WARP), cv2.COLOR_RGB2BGR))
     report_path = tmp_path / "report.json"
-    assert main(["evaluate", "--dataset", str(tmp_path / "ds"), "--rerankers", "none,ransac,magsac",
+    assert main(["evaluate", "--dataset", str(tmp_path / "ds"), "--rerankers", "none,ransac,magsac,dhe",
                  "--top-k", "5", "--json", str(report_path)]) == 0
     report = json.loads(report_path.read_text())
     for name in ("none", "ransac", "magsac"):
         assert report["recall"][name] == {"1": 50.0, "5": 75.0, "10": 75.0, "20": 75.0}, name
-    assert set(report["latency_ms"]) == {"embed", "retrieve", "rerank"} and "ransac" in report["latency_ms"]["rerank"]
+    assert set(report["latency_ms"]) == {"embed", "retrieve", "rerank"}
+    stages = {"magsac": {"read", "mutual_nn", "estimator"}, "ransac": {"read", "mutual_nn", "estimator"},
+              "dhe": {"read", "mutual_nn", "shift_start", "regressor", "refine", "inliers"}}
+    for name, expected in stages.items():  # each re-ranker's total and what it is made of
+        timing = report["latency_ms"]["rerank"][name]
+        assert set(timing) == expected | {"total"}, (name, timing)
+        assert all(ms > 0 for ms in timing.values()) and sum(timing.values()) - timing["total"] <= timing["total"]
     assert report["queries_without_positive"] == 1
     assert "R@1" in capsys.readouterr().out
     # the same with a map built beforehand (UTM kept as place metadata)
