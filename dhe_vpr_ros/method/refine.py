@@ -82,11 +82,10 @@ class _GridDLT:
     def __init__(self, query_points: torch.Tensor, candidate_grid: torch.Tensor, partners: torch.Tensor):
         self.t1, t2 = _hartley(query_points.double()), _hartley(candidate_grid.double())
         self.t2_inverse = torch.linalg.inv(t2)
-        self.points = query_points.double() * self.t1[0, 0] + self.t1[:2, 2]  # (N, 2), grid-normalised
-        p = torch.cat([self.points, torch.ones_like(self.points[:, :1])], -1)
+        points = query_points.double() * self.t1[0, 0] + self.t1[:2, 2]  # (N, 2), grid-normalised
+        p = torch.cat([points, torch.ones_like(points[:, :1])], -1)
         self.entries = torch.stack([p[:, i] * p[:, j] for i, j in _UPPER], -1)  # (N, 6)
-        self.partners = partners.double() * t2[0, 0] + t2[:2, 2]  # (K, N, 2)
-        uv = self.partners
+        uv = partners.double() * t2[0, 0] + t2[:2, 2]  # (K, N, 2)
         self.factors = torch.stack([torch.ones_like(uv[..., 0]), uv[..., 0], uv[..., 1], uv.square().sum(-1)])
 
     def fit(self, weights: torch.Tensor) -> torch.Tensor:
