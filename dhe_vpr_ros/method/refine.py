@@ -53,10 +53,7 @@ def _hartley(points: torch.Tensor) -> torch.Tensor:
     """(3, 3): the similarity taking ``points`` (N, 2) to centroid 0 and mean distance sqrt(2)."""
     centroid = points.mean(0)
     scale = math.sqrt(2.0) / (points - centroid).norm(dim=-1).mean().clamp_min(1e-8)
-    transform = torch.eye(3, dtype=points.dtype, device=points.device)
-    transform[0, 0] = transform[1, 1] = scale
-    transform[:2, 2] = -scale * centroid
-    return transform
+    return _similarity(centroid[None], scale[None])[0]
 
 
 # the 6 distinct entries of a symmetric 3 x 3 matrix, in row-major order of its upper triangle
@@ -117,12 +114,12 @@ def _hartley_from_sums(blocks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
     query_square = (a[:, 0, 0] + a[:, 1, 1]) / total - query_centre.square().sum(-1)
     partner_centre = torch.stack([bu[:, 2, 2], bv[:, 2, 2]], -1) / total[:, None]
     partner_square = c[:, 2, 2] / total - partner_centre.square().sum(-1)
-    return _similarity(query_centre, query_square), _similarity(partner_centre, partner_square)
+    return (_similarity(query_centre, (2.0 / query_square.clamp_min(1e-24)).sqrt()),
+            _similarity(partner_centre, (2.0 / partner_square.clamp_min(1e-24)).sqrt()))
 
 
-def _similarity(centre: torch.Tensor, mean_square: torch.Tensor) -> torch.Tensor:
-    """(K, 3, 3): x -> s (x - centre) with s = sqrt(2 / mean_square)."""
-    scale = (2.0 / mean_square.clamp_min(1e-24)).sqrt()
+def _similarity(centre: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """(K, 3, 3): x -> scale (x - centre), for centres (K, 2) and scales (K,)."""
     transform = torch.zeros(centre.shape[0], 3, 3, dtype=centre.dtype, device=centre.device)
     transform[:, 0, 0] = transform[:, 1, 1] = scale
     transform[:, :2, 2] = -scale[:, None] * centre
