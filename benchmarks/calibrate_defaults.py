@@ -150,10 +150,14 @@ def main() -> None:
     parser.add_argument("--precision", type=float, default=0.95)
     parser.add_argument("--nordland", type=int, default=1000, help="Nordland frames used (its first N)")
     parser.add_argument("--families", default=",".join(FAMILIES))
+    parser.add_argument("--onnx", help="record with this export in onnxruntime (give another --cache)")
+    parser.add_argument("--model-precision", default="float", choices=("float", "int8"),
+                        help="with --onnx: its float or int8 backbone")
     args = parser.parse_args()
     folds = F.folds(args.seq, nordland=args.nordland)
     recorder = []
-    data = {f.name: F.cached(lambda: recorder[0] if recorder else recorder.append(F.Recorder()) or recorder[0], f,
+    make = (lambda: F.Recorder(args.onnx, args.model_precision))
+    data = {f.name: F.cached(lambda: recorder[0] if recorder else recorder.append(make()) or recorder[0], f,
                              args.cache) for f in folds}
     grid = sequence_grid()
     settings = [(g, m) for g in range(len(grid)) for m in INLIERS]

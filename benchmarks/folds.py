@@ -52,7 +52,7 @@ from dhe_vpr_ros.map.sources import folder_frames
 from dhe_vpr_ros.method.identity import model_identity
 from dhe_vpr_ros.method.localizer import Localizer
 from dhe_vpr_ros.method.rerank import MIN_VERIFIED_INLIERS, _order, _verified_order
-from dhe_vpr_ros.runtime.loading import load_model
+from dhe_vpr_ros.runtime.loading import load_any_model, load_model
 from dhe_vpr_ros.runtime.threads import ThreadGovernor, configure_threads
 
 TOP_K = 16  # the node's top_k: what it retrieves and re-ranks
@@ -149,11 +149,14 @@ def folds(seq: Path, off_map_queries: int = 300, nordland: int = 1000) -> list[F
 class Recorder:
     """The model once, each prebuilt map once; records folds as the node would rank their frames."""
 
-    def __init__(self):
+    def __init__(self, onnx: str | None = None, precision: str = "float"):
         configure_threads()  # as every command: threads from the free cores
         self.governor = ThreadGovernor()
         torch.set_grad_enabled(False)
-        self.model, _ = load_model(None)
+        if onnx:  # the export's float or int8 backbone in onnxruntime
+            self.model, _ = load_any_model(None, None, "cpu", None, "onnxruntime", onnx, None, precision)
+        else:
+            self.model, _ = load_model(None)
         self.check = TwoViewCheck()
         self._maps: dict[tuple, Localizer] = {}
 

@@ -38,7 +38,7 @@ from dhe_vpr_ros.map.database import MapDatabase
 from dhe_vpr_ros.map.records import Place
 from dhe_vpr_ros.method.matching import grid_keypoints, mutual_nearest_neighbours, robust_homographies
 from dhe_vpr_ros.method.rerank import DEFAULT_REFINE_ROUNDS, make_reranker
-from dhe_vpr_ros.runtime.loading import load_model
+from dhe_vpr_ros.runtime.loading import load_any_model
 from dhe_vpr_ros.runtime.threads import configure_threads
 from dhe_vpr_ros.training.views import LEVELS, synthetic_view
 
@@ -271,6 +271,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", help="default: the shipped model")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--runtime", default="torch", choices=("torch", "onnxruntime", "auto"),
+                        help="torch (default), or the export in --onnx through onnxruntime")
+    parser.add_argument("--onnx", help="with --runtime onnxruntime: the folder `export` wrote")
+    parser.add_argument("--precision", default="float", choices=("float", "int8"),
+                        help="int8: the export's int8 backbone (`export --int8`)")
     parser.add_argument("--views-per-photo", type=int, default=4, help="synthetic views per photo and level")
     parser.add_argument("--no-lightglue", action="store_true", help="skip the LightGlue peer even if installed")
     parser.add_argument("--rounds", default="0,1,2,3,4,6,8", help="refinement rounds to sweep")
@@ -280,7 +285,7 @@ def main() -> None:
     configure_threads()  # as every command: threads from the free cores
     torch.set_grad_enabled(False)
     device = torch.device(args.device)
-    model, _ = load_model(args.checkpoint, device=device)
+    model, _ = load_any_model(args.checkpoint, None, device, None, args.runtime, args.onnx, None, args.precision)
     lightglue = make_lightglue(not args.no_lightglue)
     est = Estimators(model, device, lightglue)
     rounds_list = [int(r) for r in args.rounds.split(",")]

@@ -10,6 +10,10 @@ node as a subprocess with the shipped model, frames published over DDS (reliable
     python benchmarks/node_latency.py                       # CPU, light backbone
     python benchmarks/node_latency.py --device cuda --backbone cct14 --checkpoint CKPT
     python benchmarks/node_latency.py --busy-cores 1        # another process keeps a core busy
+    python benchmarks/node_latency.py --onnx DIR --precision int8   # the export's int8 backbone (map built with it)
+
+CPU cost: the node process's CPU time (user + system, /proc/PID/stat) over the frames it answered, at
+--rate and at 30 Hz: what the robot's other work loses per frame.
 
 Uses only node parameters and APIs the package has had since 0.2.0, so the same script measures
 an older checkout (``PYTHONPATH=old_checkout python benchmarks/node_latency.py``).
@@ -53,6 +57,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--busy-cores", type=int, default=0, help="processes that keep a core busy meanwhile")
     parser.add_argument("--set", action="append", default=[], help="NAME=JSON: another node parameter")
+    parser.add_argument("--onnx", default="", help="an export folder: map and node run it in onnxruntime")
+    parser.add_argument("--precision", default="", help="with --onnx: float or int8")
     args = parser.parse_args()
 
     import rclpy
@@ -71,7 +77,12 @@ def main() -> None:
     from dhe_vpr_ros.runtime.loading import load_model
 
     work = Path(tempfile.mkdtemp(prefix="node_latency-"))
-    model, info = load_model(args.checkpoint or None, args.backbone or None, device=args.device)
+    if args.onnx:  # builds that have onnxruntime exports; an older checkout runs without --onnx
+        from dhe_vpr_ros.runtime.loading import load_any_model
+        model, info = load_any_model(args.checkpoint or None, args.backbone or None, args.device, None,
+                                     "onnxruntime", args.onnx, None, args.precision or "float")
+    else:
+        model, info = load_model(args.checkpoint or None, args.backbone or None, device=args.device)
     if not args.checkpoint and args.backbone:  # a randomly initialised backbone: the node must load the same one
         from dhe_vpr_ros.method.models import save_checkpoint
         args.checkpoint = str(work / "model.pt")
@@ -93,6 +104,8 @@ def main() -> None:
                                           "device": args.device, "reranker": args.reranker, "top_k": args.top_k,
                                           "image_topics": ["/bench/image"], "image_qos_reliability": "reliable",
                                           "min_time_gap_sec": 0.0,
+                                          **({"runtime": "onnxruntime", "onnx_dir": args.onnx} if args.onnx else {}),
+                                          **({"precision": args.precision} if args.precision else {}),
                                           **{k: json.loads(v) for k, v in (i.split("=", 1) for i in args.set)}}}}
     (work / "params.yaml").write_text(json.dumps(params))
     node = subprocess.Popen([sys.executable, "-m", "dhe_vpr_ros", "node", "--ros-args", "--params-file",
@@ -112,6 +125,7 @@ def main() -> None:
 
     def run(rate: float, seconds: float, t0: float):
         sent = {}
+        cpu_before, answered_before = _cpu_seconds(node.pid), len(answers)
         start, n = time.monotonic(), 0
         while time.monotonic() - start < seconds:
             msg = msgs[n % len(msgs)]
@@ -128,15 +142,16 @@ def main() -> None:
             rclpy.spin_once(probe, timeout_sec=0.05)
         lat = sorted((answers[k] - sent[k]) * 1e3 for k in sent if k in answers)
         done = len(lat)
-        return lat, done / seconds, n
+        cpu_ms = (_cpu_seconds(node.pid) - cpu_before) * 1e3 / max(1, len(answers) - answered_before)
+        return lat, done / seconds, n, cpu_ms
     import multiprocessing
     busy = [multiprocessing.Process(target=_busy, daemon=True) for _ in range(args.busy_cores)]
     for proc in busy:
         proc.start()
     run(args.rate, 5.0, 100.0)  # warm-up
-    lat, fps, n = run(args.rate, args.seconds, 1000.0)
+    lat, fps, n, cpu_at_rate = run(args.rate, args.seconds, 1000.0)
     stages_at_rate, stages = dict(stages), {}  # /diagnostics' medians over the frames at --rate, then at 30 Hz
-    _, sustained, n_fast = run(30.0, 15.0, 3000.0)
+    _, sustained, n_fast, cpu_fast = run(30.0, 15.0, 3000.0)
     for proc in busy:
         proc.kill()  # SIGKILL: a forked child keeps rclpy's SIGTERM handler
     node.send_signal(signal.SIGINT)
@@ -151,10 +166,20 @@ def main() -> None:
         if seen:
             print(f"stage p50 ms at {label} (the node's last 200 frames): "
                   + ", ".join(f"{k} {v:.1f}" for k, v in sorted(seen.items())))
+    rate_name = f"{args.rate:g}".replace(".", "_")
+    print(f"CPU ms per frame answered: {cpu_at_rate:.1f} at {args.rate:g} Hz, {cpu_fast:.1f} at 30 Hz")
     print(f"node_latency_median_ms={statistics.median(lat):.1f} node_latency_p95_ms={p95:.1f} "
           f"sustained_fps={sustained:.2f}")
+    print(f"cpu_ms_per_frame_{rate_name}hz={cpu_at_rate:.1f} cpu_ms_per_frame_30hz={cpu_fast:.1f}")
     for name, ms in sorted(stages_at_rate.items()):
         print(f"node_stage_{name}_ms_p50={ms:.1f}")
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far (/proc/PID/stat, fields 14 and 15)."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _stage_medians(message) -> dict:

@@ -36,7 +36,7 @@ from dhe_vpr_ros.method.localizer import Localizer
 from dhe_vpr_ros.map.database import MapDatabase
 from dhe_vpr_ros.map.records import Place
 from dhe_vpr_ros.loop.precision import precision_curve, summarize
-from dhe_vpr_ros.runtime.loading import load_model
+from dhe_vpr_ros.runtime.loading import load_any_model
 from dhe_vpr_ros.runtime.threads import configure_threads
 
 RERANKERS = ("none", "ransac", "magsac", "dhe")
@@ -89,20 +89,20 @@ def demo_set():
     return load("queries"), load("database"), 0
 
 
-def recalls(model, device, queries, places, top_k: int) -> tuple[dict, dict, dict]:
+def recalls(model, device, queries, places, top_k: int, rerankers=RERANKERS) -> tuple[dict, dict, dict]:
     """Recall@1 and @5 (percent) per re-ranker, mean re-ranking ms per query, and the precision
     figures of the first-ranked places (``precision.summarize``)."""
     loc = Localizer(model, MapDatabase(model_identity(model)), device, "dhe", top_k=top_k)
     for start in range(0, len(places), 16):
         batch = places[start:start + 16]
         loc.add_images(batch, [Place(-1, f"place-{start + i}") for i in range(len(batch))])
-    hits = {name: {1: 0, 5: 0} for name in RERANKERS}
-    firsts = {name: ([], []) for name in RERANKERS}  # (score, right) of each query's first place
-    times = dict.fromkeys(RERANKERS, 0.0)
+    hits = {name: {1: 0, 5: 0} for name in rerankers}
+    firsts = {name: ([], []) for name in rerankers}  # (score, right) of each query's first place
+    times = dict.fromkeys(rerankers, 0.0)
     for i, image in enumerate(queries):
         local, global_ = loc.embed([image])
         retrieved = loc.retrieve(global_[0], top_k)
-        for name in RERANKERS:
+        for name in rerankers:
             start = time.perf_counter()
             result = loc.rank(local[0], global_[0], (image.shape[1], image.shape[0]), name, top_k, retrieved=retrieved)
             times[name] += time.perf_counter() - start
@@ -122,12 +122,19 @@ def main() -> None:
     parser.add_argument("--cohog", type=Path, help="checkout of MubarizZaffar/CoHOG_Results_RAL2019")
     parser.add_argument("--checkpoint", help="default: the shipped model")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--runtime", default="torch", choices=("torch", "onnxruntime", "auto"),
+                        help="torch (default), or the export in --onnx through onnxruntime")
+    parser.add_argument("--onnx", help="with --runtime onnxruntime: the folder `export` wrote")
+    parser.add_argument("--precision", default="float", choices=("float", "int8"),
+                        help="int8: the export's int8 backbone (`export --int8`)")
     parser.add_argument("--top-k", type=int, default=32)
+    parser.add_argument("--rerankers", default=",".join(RERANKERS), help="comma-separated, from " + ",".join(RERANKERS))
     args = parser.parse_args()
+    rerankers = tuple(args.rerankers.split(","))
     configure_threads()  # as every command: threads from the free cores
     torch.set_grad_enabled(False)
     device = torch.device(args.device)
-    model, _ = load_model(args.checkpoint, device=device)
+    model, _ = load_any_model(args.checkpoint, None, device, None, args.runtime, args.onnx, None, args.precision)
     sets = {"demo": demo_set()}
     if args.cohog:
         for name, folder in COHOG_SETS.items():
@@ -137,8 +144,8 @@ def main() -> None:
           f"{'R@100P':>8}{'AP':>7}{'ms/query':>10}")
     lines = {}
     for name, (queries, places, skipped) in sets.items():
-        recall, ms, precision = recalls(model, device, queries, places, args.top_k)
-        for reranker in RERANKERS:
+        recall, ms, precision = recalls(model, device, queries, places, args.top_k, rerankers)
+        for reranker in rerankers:
             r, p = recall[reranker], precision[reranker]
             print(f"{name:<14}{len(queries):>8}{len(places):>8}{skipped:>8}  {reranker:<8}{r[1]:>7.1f}{r[5]:>7.1f}"
                   f"{p.recall_at_100_precision:>8.3f}{p.average_precision:>7.3f}{ms[reranker]:>10.1f}")

@@ -56,8 +56,11 @@ def compressed_dimensions(buffer: np.ndarray) -> tuple[int, int]:
 
 
 def _needs_whole(buffer: np.ndarray) -> bool:
-    """TIFF keeps its image directory anywhere in the file: its header needs all of it."""
-    return buffer[:4].tobytes() in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+    """TIFF keeps its image directory anywhere in the file, and a JPEG's frame header follows its APPn
+    segments, which an embedded ICC profile or XMP packet can make megabytes long: their headers need all
+    of the data (the JPEG parser only steps over segment lengths)."""
+    return buffer[:4].tobytes() in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+") or \
+        buffer[:2].tobytes() == b"\xff\xd8"
 
 
 def check_pixels(width: int, height: int, max_pixels: int) -> None:

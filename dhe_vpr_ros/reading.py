@@ -80,9 +80,12 @@ def read_bytes(path, what: str = "file", limit: int = MAX_INPUT_BYTES) -> bytes:
     """The whole regular file at ``path`` (see ``open_regular``)."""
     with open_regular(path, what, limit) as handle:
         try:
-            return handle.read(limit + 1)
+            data = handle.read(limit + 1)
         except OSError as exc:
             raise InputError(f"cannot read {what} {path}: {reason(exc)}") from None
+    if len(data) > limit:  # it grew after its size was checked
+        raise InputError(f"cannot read {what} {path}: more than the {limit:,} bytes a {what} may have")
+    return data
 
 
 def read_text(path, what: str = "file", limit: int = MAX_INPUT_BYTES) -> str:

@@ -6,7 +6,8 @@
     ros2 launch dhe_vpr_ros vpr.launch.py params_file:=my.yaml namespace:=robot1
 
 ``params_file`` defaults to the package's config/vpr.yaml. ``map_path``, ``checkpoint``,
-``device`` and ``autostart`` override the file only when they are given, so a file that sets
+``device``, ``autostart``, ``runtime``, ``onnx_dir`` and ``precision`` override the file only when
+they are given, so a file that sets
 them is obeyed. ``image_topic`` remaps the node's default input ``image``. With
 ``autostart:=false`` the node waits unconfigured for a lifecycle manager
 (``ros2 lifecycle set /vpr_node configure``).
@@ -26,6 +27,7 @@ OVERRIDES = {  # argument -> (parameter type, description); passed only when giv
     "autostart": (bool, "configure and activate at start (the node's default: true)"),
     "runtime": (str, "auto (the checkpoint's export when there is one), torch or onnxruntime"),
     "onnx_dir": (str, "with runtime onnxruntime: the folder `export` wrote"),
+    "precision": (str, "float, or int8: the int8 backbone `export --int8` wrote"),
 }
 
 

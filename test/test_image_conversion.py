@@ -55,3 +55,23 @@ def test_tiny_and_constant_images_are_refused_as_unusable():
     assert check_usable(textured) is textured
     # a valid 1x1 message converts; it is the usability check that refuses it
     assert to_rgb(SimpleNamespace(**rgb_to_fields(np.zeros((1, 1, 3), np.uint8)))).shape == (1, 1, 3)
+
+
+def test_a_jpeg_with_a_megabytes_long_icc_profile_is_read_as_opencv_reads_it(tmp_path):
+    """Cameras, phones and editors embed ICC profiles (APP2) and XMP (APP1) before the frame header; a 2 MB
+    profile puts the frame header past any fixed prefix of the file: the header check must step over it."""
+    import cv2
+    from dhe_vpr_ros.image_conversion import compressed_dimensions, read_image
+    rng = np.random.default_rng(3)
+    picture = cv2.GaussianBlur(rng.integers(0, 255, (120, 200, 3), dtype=np.uint8), (5, 5), 0)
+    ok, encoded = cv2.imencode(".jpg", picture)
+    assert ok
+    chunk = b"ICC_PROFILE\x00" + bytes(65533 - 2 - 12)  # one APP2 segment at its largest
+    segment = b"\xff\xe2" + (len(chunk) + 2).to_bytes(2, "big") + chunk
+    data = encoded.tobytes()
+    data = data[:2] + segment * 32 + data[2:]  # about 2 MB of profile after SOI
+    path = tmp_path / "with_profile.jpg"
+    path.write_bytes(data)
+    assert cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR).shape == (120, 200, 3)  # OpenCV takes it
+    assert compressed_dimensions(np.frombuffer(data, np.uint8)) == (200, 120)
+    assert read_image(path).shape == (120, 200, 3)

@@ -98,6 +98,9 @@ def test_match_loop_closure_and_pose_reach_a_lio_sam_style_subscriber(ros, tmp_p
         assert values["loop_closures_refused_two_view"] == "0"
         assert float(values["stage_embed_ms_p50"]) > 0 and float(values["stage_mutual_nn_ms_p50"]) > 0
         assert float(values["stage_estimator_ms_p50"]) > 0  # ransac's, as this node runs it
+        probe.wait_for(lambda: float(probe.diag_values().get("cpu_ms_per_frame", "nan")) > 0, 15, "CPU per frame")
+        values = probe.diag_values()  # what the node costs the robot: its CPU over the frames it answered
+        assert float(values["cpu_cores"]) > 0 and float(values["cpu_share_percent"]) > 0
         probe.wait_for(lambda: probe.got["loop_closure"] and probe.got["top_k"] and probe.got["debug"], 10,
                        "the other outputs")
         top = probe.got["top_k"][0]
@@ -383,7 +386,13 @@ def test_lifecycle_transitions_through_change_state(ros, tmp_path, map_dir):
                        or node.proc.poll() is not None, 90, "the lifecycle node")
         assert _state(probe) == "unconfigured"
         assert probe.node.count_subscribers("/cam") == 0  # nothing loaded, nothing subscribed
+        rejected = _set_params(probe, precision="int4")[0]
+        assert not rejected.successful and "precision must be float or int8" in rejected.reason
+        assert _set_params(probe, precision="int8")[0].successful  # unconfigured: for the next configure
+        assert _set_params(probe, precision="float")[0].successful
         assert _lifecycle(probe, "configure") and _state(probe) == "inactive"
+        rejected = _set_params(probe, precision="int8")[0]  # configured: the map holds float features
+        assert not rejected.successful and "deactivate and clean up" in rejected.reason, rejected.reason
         assert _lifecycle(probe, "activate") and _state(probe) == "active"
         probe.wait_connected(node)
         probe.publish_rgb(scene(61), 3000.0)

@@ -41,7 +41,7 @@ def test_exported_models_match_pytorch_on_real_photos(exported):
         ours, theirs = model.embed(images), onnx.embed(images)  # a batch of 5: the batch is dynamic
         points = model.regressor(correlation_volume(ours.local[0], ours.local[1:], model.regressor.config.grid))
     assert (ours.local - theirs.local).abs().max() < 1e-3 and (ours.global_ - theirs.global_).abs().max() < 1e-3
-    (onnx_points,) = onnx._regressor_session.run(None, {"query": ours.local[:1].numpy(),
+    (onnx_points,) = onnx._regressor_sessions.get().run(None, {"query": ours.local[:1].numpy(),
                                                         "candidates": ours.local[1:].numpy()})
     assert np.abs(points.numpy() - onnx_points).max() < 1e-3  # pixels of the 384 frame
     assert model_identity(onnx) == model_identity(model)  # maps are one between the runtimes

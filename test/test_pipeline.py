@@ -99,3 +99,58 @@ def test_a_closed_handoff_releases_a_waiting_producer_and_drains():
 def test_two_stages_split_the_free_cores(count, shares):
     assert (share_of(count, (0, 2)), share_of(count, (1, 2))) == shares
     assert share_of(count, (0, 1)) == count
+
+
+def test_a_lone_frame_gets_every_core_in_both_stages_and_busy_stages_share_them():
+    """threads 4 (fixed, as a user's count): a frame that arrives alone runs each stage on all 4; while the
+    second stage works on one frame and the first prepares the next, they split the cores 2 + 2."""
+    import torch
+    seen = {"first": [], "second": []}
+    release_second = threading.Event()
+    items, lock, arrived = [], threading.Lock(), threading.Event()
+
+    def take():
+        arrived.wait(10)
+        with lock:
+            arrived.clear() if len(items) <= 1 else None
+            return items.pop(0) if items else None
+
+    def first(n):
+        seen["first"].append((n, torch.get_num_threads()))
+        return n
+
+    def second(n):
+        seen["second"].append((n, torch.get_num_threads()))
+        if n == 1:
+            release_second.wait(10)  # frame 2 is prepared meanwhile
+
+    def waiting():
+        with lock:
+            return bool(items)
+
+    def send(*ns):
+        with lock:
+            items.extend(ns)
+        arrived.set()
+
+    pipe = Pipeline(take, first, second, lambda *a: pytest.fail(f"stage failed: {a}"), threads=4, waiting=waiting)
+    pipe.start()
+    send(0)  # alone: both stages take all four
+    _wait_until(lambda: len(seen["second"]) == 1)
+    send(1, 2)  # frame 1 alone in the first stage; frame 2 waits while the second stage starts on 1
+    _wait_until(lambda: len(seen["first"]) == 3)
+    release_second.set()
+    _wait_until(lambda: len(seen["second"]) == 3)
+    send(None)
+    pipe.join(20)
+    assert seen["first"][0] == (0, 4) and seen["second"][0] == (0, 4)
+    assert seen["second"][1] == (1, 2)  # frame 2 was waiting: the first stage is about to work beside it
+    assert seen["first"][2] == (2, 2)  # prepared while the second stage works on frame 1
+
+
+def _wait_until(condition, timeout: float = 10.0) -> None:
+    import time
+    end = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < end, "timed out"
+        time.sleep(0.01)

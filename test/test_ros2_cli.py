@@ -198,19 +198,25 @@ def test_calibrate_writes_a_params_file_that_the_launch_file_loads(tmp_path, dem
 
 
 def test_launch_runs_the_exported_model_on_onnxruntime(tmp_path, demo_map):
-    """`ros2 run dhe_vpr_ros export_onnx`, then `ros2 launch ... runtime:=onnxruntime onnx_dir:=`:
-    the node runs the exported files on the demo map (built with PyTorch: the same identity)."""
+    """`ros2 run dhe_vpr_ros export_onnx --int8`, then `ros2 launch ... runtime:=onnxruntime onnx_dir:=`:
+    the node runs the exported float files on the demo map (built with PyTorch: the same identity), and with
+    `precision:=int8` the int8 backbone on a map `build_map --precision int8` built."""
     pytest.importorskip("onnxruntime")
-    onnx = tmp_path / "onnx"
-    result = sh(f"ros2 run dhe_vpr_ros export_onnx --out {onnx}", timeout=600)
+    onnx, int8_map = tmp_path / "onnx", tmp_path / "int8_map"
+    result = sh(f"ros2 run dhe_vpr_ros export_onnx --out {onnx} --int8 --calibration-images {DEMO}", timeout=600)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     assert (onnx / "regressor.onnx").is_file() and (onnx / "model.json").is_file()
-    launch = Launch(f"vpr.launch.py map_path:={demo_map} runtime:=onnxruntime onnx_dir:={onnx}",
-                    tmp_path / "launch.log")
-    try:
-        launch.wait_for("active: listening")
-        assert "onnxruntime" in sh_until("ros2 param get /vpr_node runtime", "onnxruntime")
-        assert f"runtime onnxruntime: {onnx}" in launch.text()
-    finally:
-        code = launch.ctrl_c()
-    assert code == 0 and "Traceback" not in launch.text(), launch.text()
+    assert (onnx / "backbone.int8.onnx").is_file()
+    result = sh(f"ros2 run dhe_vpr_ros build_map --images {DEMO} -o {int8_map} --runtime onnxruntime --onnx {onnx} "
+                "--precision int8", timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    for arguments, expect in ((f"map_path:={demo_map}", "float backbone"), (f"map_path:={int8_map} precision:=int8",
+                                                                            "int8 backbone")):
+        launch = Launch(f"vpr.launch.py {arguments} runtime:=onnxruntime onnx_dir:={onnx}", tmp_path / "launch.log")
+        try:
+            launch.wait_for("active: listening")
+            assert "onnxruntime" in sh_until("ros2 param get /vpr_node runtime", "onnxruntime")
+            assert f"runtime onnxruntime: {onnx}" in launch.text() and expect in launch.text(), launch.text()
+        finally:
+            code = launch.ctrl_c()
+        assert code == 0 and "Traceback" not in launch.text(), launch.text()

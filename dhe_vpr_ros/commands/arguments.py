@@ -75,7 +75,7 @@ def number(minimum: float | None = None, maximum: float | None = None, above: bo
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    from ..runtime.loading import RUNTIMES
+    from ..runtime.loading import PRECISIONS, RUNTIMES
     parser.add_argument("--checkpoint", help="model checkpoint (default: the shipped model)")
     parser.add_argument("--backbone", help="without --checkpoint: backbone name")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (cuda falls back to cpu)")
@@ -85,6 +85,9 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                         help="auto (default): the checkpoint's export in onnxruntime when `export` wrote one, else "
                              "PyTorch; torch; or onnxruntime with the exported files in --onnx")
     parser.add_argument("--onnx", help="with --runtime onnxruntime: the folder `export` wrote")
+    parser.add_argument("--precision", choices=PRECISIONS, default="float",
+                        help="float (default), or int8: the int8 backbone `export --int8` wrote (onnxruntime; a map "
+                             "built with one is queried with the same)")
 
 
 def add_ranking_arguments(parser: argparse.ArgumentParser, multiple: bool = False) -> None:

@@ -122,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _localizer(args: argparse.Namespace, new_map):
     return open_localizer(args.checkpoint, args.backbone, args.device, threads=args.threads, runtime=args.runtime,
-                          onnx=args.onnx, reranker="none", new_map=new_map)
+                          onnx=args.onnx, precision=args.precision, reranker="none", new_map=new_map)
 
 
 def _embed_share(args: argparse.Namespace, frames, total, group) -> int:

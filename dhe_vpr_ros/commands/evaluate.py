@@ -25,9 +25,14 @@ from ..runtime import open_localizer
 from .arguments import (add_model_arguments, add_policy_arguments, add_ranking_arguments, add_run_arguments, count,
                         counts, labelled_run, policy_from_args)
 
-__all__ = ["REPORT_FORMAT", "add_arguments", "format_table", "open_run", "run", "written_by_evaluate"]
+__all__ = ["REPORT_FORMAT", "REPORT_SCHEMA_VERSION", "add_arguments", "format_table", "open_run", "run",
+           "written_by_evaluate"]
 
 REPORT_FORMAT = "dhe_vpr_ros.evaluate"  # the mark of a report (and, as the PNG's Software, of a plot) of ours
+# 2: latency_ms.rerank.<name> is a number again (the total) and the stages are latency_ms.rerank_stages.<name>;
+# reports without schema_version are 1, where latency_ms.rerank.<name> was the table. A field that changes
+# meaning gets a new name, and this number goes up.
+REPORT_SCHEMA_VERSION = 2
 
 
 def written_by_evaluate(path: Path) -> bool:
@@ -52,7 +57,7 @@ def format_table(report: dict) -> str:
              f"{'re-ranker':<10}" + "".join(f"{'R@' + n:>8}" for n in values)
              + f"{'R@100P':>8}{'AP':>7}{'thr@100P':>10}{'min_score':>10}{'wrong>=':>8}{'re-rank ms':>12}"]
     for name, rec in report["recall"].items():
-        ms = report["latency_ms"]["rerank"].get(name, {}).get("total", 0.0)
+        ms = report["latency_ms"]["rerank"].get(name, 0.0)
         lines.append(f"{name:<10}" + "".join(f"{rec[n]:>8.1f}" for n in values)
                      + _precision_columns(report["precision"][name]) + f"{ms:>12.1f}")
     if "sequence" in report:
@@ -63,9 +68,10 @@ def format_table(report: dict) -> str:
                          + (f"  far: {figures['far_above_min_score']}" if "far_above_min_score" in figures else ""))
     lines.append(f"mean latency per query: embed {report['latency_ms']['embed']:.1f} ms, "
                  f"retrieve {report['latency_ms']['retrieve']:.2f} ms")
-    for name, parts in report["latency_ms"]["rerank"].items():
-        lines.append(f"  {name} re-ranking {parts['total']:.1f} ms: "
-                     + ", ".join(f"{stage} {ms:.1f}" for stage, ms in parts.items() if stage != "total"))
+    for name, total in report["latency_ms"]["rerank"].items():
+        parts = report["latency_ms"]["rerank_stages"][name]
+        lines.append(f"  {name} re-ranking {total:.1f} ms: "
+                     + ", ".join(f"{stage} {ms:.1f}" for stage, ms in parts.items()))
     return "\n".join(lines) + "\n"
 
 
@@ -127,7 +133,7 @@ def open_run(args: argparse.Namespace, rerankers: list[str]) -> tuple[Localizer,
     """The labelled run and a localizer whose map holds its reference frames (prebuilt or embedded now)."""
     run = labelled_run(args)
     localizer = open_localizer(args.checkpoint, args.backbone, args.device, args.map, threads=args.threads,
-                               runtime=args.runtime, onnx=args.onnx, reranker=rerankers[0],
+                               runtime=args.runtime, onnx=args.onnx, precision=args.precision, reranker=rerankers[0],
                                top_k=args.top_k, refine_rounds=args.refine_rounds,
                                regressor_candidates=args.regressor_candidates)
     if not args.map:
@@ -155,7 +161,8 @@ def run(args: argparse.Namespace) -> int:
     sys.stdout.flush()
     if args.json:  # the report first: a plot that fails must not cost it
         with atomic_write(args.json, mode="w", owned=written_by_evaluate) as handle:
-            handle.write(json.dumps({"format": REPORT_FORMAT, **report}, indent=2, allow_nan=False) + "\n")
+            marked = {"format": REPORT_FORMAT, "schema_version": REPORT_SCHEMA_VERSION, **report}
+            handle.write(json.dumps(marked, indent=2, allow_nan=False) + "\n")
     if args.plot:
         plot_curves(recorded, labelled, args.plot, policy, args.sequence, inliers)
     return 0

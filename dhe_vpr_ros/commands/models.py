@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import stat
 import sys
 from pathlib import Path
 
@@ -107,21 +108,67 @@ def add_export(parser: argparse.ArgumentParser) -> None:
                                       "user's cache folder for this checkpoint, where --runtime auto finds it)")
     parser.add_argument("--checkpoint", help="model checkpoint (default: the shipped model)")
     parser.add_argument("--backbone", help="without --checkpoint: backbone name")
+    parser.add_argument("--int8", action="store_true",
+                        help="also an int8 backbone (onnxruntime static quantisation, calibrated on frames of your "
+                             "camera: --calibration-images or --map); the node runs it with precision int8")
+    parser.add_argument("--calibration-images", help="with --int8: a folder of your camera's frames (up to "
+                                                     "64, evenly spread, are used)")
+    parser.add_argument("--map", help="with --int8: calibrate on the images this map was built from")
+
+
+def calibration_frames(args: argparse.Namespace) -> list:
+    """Loaders of the frames ``--int8`` calibrates on: ``--calibration-images``, else the map's own images."""
+    from ..map.sources import folder_frames
+    from ..runtime.quantize import pick_evenly
+    if args.calibration_images and args.map:
+        raise ValueError("give --calibration-images or --map, not both")
+    if args.calibration_images:
+        return [frame.load for frame in pick_evenly(folder_frames(args.calibration_images))]
+    if not args.map:
+        raise ValueError("--int8 calibrates on frames of your camera: give --calibration-images DIR or --map MAP")
+    return _map_images(args.map)
+
+
+def _map_images(path: str) -> list:
+    """Loaders of the image files a map was built from that are still there (a bag's frames are not files)."""
+    from ..image_conversion import read_image
+    from ..map.database import MapDatabase
+    from ..reading import input_mode
+    from ..runtime.quantize import pick_evenly
+    sources = []
+    for place in MapDatabase.open(path).places:
+        try:
+            if place.source and stat.S_ISREG(input_mode(place.source, "image")):
+                sources.append(place.source)
+        except (OSError, ValueError):
+            continue
+    if not sources:
+        raise ValueError(f"map {path} names no image file that is still there (built from a bag, or moved): give "
+                         "--calibration-images DIR with frames of the camera")
+    return [lambda s=source: read_image(s) for source in pick_evenly(sources)]
 
 
 def run_export(args: argparse.Namespace) -> int:
     from ..runtime.exports import cache_folder
     from ..runtime.loading import load_model
     from ..runtime.onnx_export import export_model
+    from ..runtime.quantize import check_quantisable
+    if not args.int8 and (args.calibration_images or args.map):
+        raise ValueError("--calibration-images and --map are for --int8: add --int8")
+    calibration = calibration_frames(args) if args.int8 else None  # before the model loads: a wrong option fails fast
     model, info = load_model(args.checkpoint, args.backbone)
+    if args.int8:
+        check_quantisable(model.backbone.name)
     out = args.out
     if out is None:
         if not info.get("checkpoint_sha256"):
             raise ValueError("a model without a checkpoint has no cache folder: give --out DIR")
         out = str(cache_folder(info["checkpoint_sha256"]))
-    meta = export_model(model, out, info)
+    meta = export_model(model, out, info, calibration=calibration)
     sizes = ", ".join(f"{p.name} {p.stat().st_size / 1e6:.1f} MB" for p in sorted(Path(out).glob("*.onnx")))
     how = "--runtime auto (the default) finds it" if args.out is None else \
         f"run it with --runtime onnxruntime --onnx {out}"
+    if "int8" in meta:
+        how += "; precision int8 runs backbone.int8.onnx (build the map with it too)"
     log.info("wrote %s (%s): %s; %s", out, meta["backbone"], sizes, how)
     return 0

@@ -27,7 +27,7 @@ def run_query(args: argparse.Namespace) -> int:
     from ..image_conversion import read_image
     from ..runtime import open_localizer
     localizer = open_localizer(args.checkpoint, args.backbone, args.device, args.map, threads=args.threads,
-                               runtime=args.runtime, onnx=args.onnx, reranker=args.reranker,
+                               runtime=args.runtime, onnx=args.onnx, precision=args.precision, reranker=args.reranker,
                                top_k=args.top_k, refine_rounds=args.refine_rounds,
                                regressor_candidates=args.regressor_candidates)
     for path in args.images:

@@ -79,6 +79,9 @@ def model_mismatch(path: Path, identity: ModelIdentity, expect: ModelIdentity, b
     diffs = [f"{k}: map {v!r} vs model {expect.to_dict()[k]!r}"
              for k, v in identity.to_dict().items() if v != expect.to_dict()[k]]
     built_with = build.get("checkpoint") or "ImageNet backbone, no checkpoint"
+    if identity.precision != expect.precision:  # the same checkpoint, the other graph: say the one setting
+        return (f"map {path} was built with another model ({'; '.join(diffs)}); rebuild the map or query it "
+                f"with precision {identity.precision} (built with {built_with})")
     return (f"map {path} was built with another model ({'; '.join(diffs)}); "
             f"rebuild the map or load the checkpoint it was built with ({built_with})")
 

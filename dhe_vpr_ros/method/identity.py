@@ -10,7 +10,9 @@ import torch
 
 from ..json_fields import field, numbers
 
-__all__ = ["ModelIdentity", "model_identity"]
+__all__ = ["PRECISIONS", "ModelIdentity", "model_identity"]
+
+PRECISIONS = ("float", "int8")  # what the backbone computes in; an int8 backbone embeds other features
 
 
 @dataclass(frozen=True)
@@ -19,7 +21,9 @@ class ModelIdentity:
 
     ``weights_sha256`` hashes the backbone's weights, not the checkpoint file: the stored
     features depend only on them, so a checkpoint that retrains just the homography regressor
-    can query a map built before it, while any change to the backbone is caught.
+    can query a map built before it, while any change to the backbone is caught. An int8 backbone
+    (``export --int8``) has ``precision`` int8 and the hash of its quantised graph: its features differ
+    from the float ones, so a map records which of the two embedded it.
     """
 
     backbone: str
@@ -27,11 +31,12 @@ class ModelIdentity:
     input_size: int
     local_shape: tuple[int, int, int]  # (C, H, W)
     global_dim: int
+    precision: str = "float"
 
     def to_dict(self) -> dict:
         return {"backbone": self.backbone, "weights_sha256": self.weights_sha256,
                 "input_size": self.input_size, "local_shape": list(self.local_shape),
-                "global_dim": self.global_dim}
+                "global_dim": self.global_dim, "precision": self.precision}
 
     @classmethod
     def from_dict(cls, data) -> "ModelIdentity":
@@ -43,8 +48,11 @@ class ModelIdentity:
         for name, value in {**dims, "local_shape": min(shape)}.items():
             if not 0 < value <= 65536:
                 raise ValueError(f"field {name!r} is out of range ({data[name]!r})")
+        precision = field(data, "precision", str, optional=True) or "float"  # maps before int8: float
+        if precision not in PRECISIONS:
+            raise ValueError(f"field 'precision' is {precision!r}, not one of {', '.join(PRECISIONS)}")
         return cls(field(data, "backbone", str), field(data, "weights_sha256", str), dims["input_size"],
-                   shape, dims["global_dim"])
+                   shape, dims["global_dim"], precision)
 
 
 def model_identity(model) -> ModelIdentity:

@@ -1,17 +1,46 @@
 # Copyright 2026 dhe_vpr_ros maintainers
 # SPDX-License-Identifier: Apache-2.0
 """The node's health on /diagnostics: counters and windows the worker updates, one status the
-timer publishes (rates, latency percentiles, drops, bad input, errors, map size, device, and the
-median time of each stage of a frame: ``stage_<name>_ms_p50``)."""
+timer publishes (rates, latency percentiles, drops, bad input, errors, map size, device, the node's
+CPU use, and the median time of each stage of a frame: ``stage_<name>_ms_p50``).
+
+CPU use is what a robot pays beside its SLAM front-end: ``cpu_cores`` (this process's CPU seconds per
+second), ``cpu_share_percent`` (of the CPUs it may run on) and ``cpu_ms_per_frame`` (CPU time over the
+frames answered), all over the last ``CPU_WINDOW_SEC`` seconds."""
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections import deque
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 
-__all__ = ["NodeStats", "diagnostics_message"]
+from ..runtime.threads import available_cpus
+
+__all__ = ["CPU_WINDOW_SEC", "CpuUse", "NodeStats", "diagnostics_message"]
+
+CPU_WINDOW_SEC = 10.0
+
+
+class CpuUse:
+    """This process's CPU time against wall time and frames answered, over a sliding window of samples."""
+
+    def __init__(self, window: float = CPU_WINDOW_SEC):
+        self.window = window
+        self._samples: deque = deque()  # (wall, cpu seconds, frames answered)
+
+    def sample(self, frames: int) -> tuple[float, float]:
+        """(cores busy, CPU ms per frame) since the oldest sample of the window (NaN until there is one)."""
+        times = os.times()
+        now = (time.monotonic(), times.user + times.system, frames)
+        self._samples.append(now)
+        while len(self._samples) > 2 and now[0] - self._samples[1][0] >= self.window:
+            self._samples.popleft()
+        wall, cpu, done = self._samples[0]
+        cores = (now[1] - cpu) / (now[0] - wall) if now[0] > wall else math.nan
+        per_frame = (now[1] - cpu) * 1e3 / (frames - done) if frames > done else math.nan
+        return cores, per_frame
 
 
 class NodeStats:
@@ -24,6 +53,7 @@ class NodeStats:
         self.rate_window: deque = deque(maxlen=400)
         self.last_error = ""
         self.last_error_level = DiagnosticStatus.OK
+        self.cpu = CpuUse()
 
     def rate(self, kind: str, span: float = 5.0) -> float:
         now = time.monotonic()
@@ -49,6 +79,7 @@ def diagnostics_message(stats: NodeStats, slots, recognizer, device: str, rerank
         status.level, status.message = DiagnosticStatus.ERROR, f"processing errors: {stats.errors}"
     elif stats.bad or stats.last_error_level == DiagnosticStatus.WARN:
         status.level, status.message = DiagnosticStatus.WARN, f"bad input messages: {stats.bad}"
+    cores, cpu_ms = stats.cpu.sample(stats.processed)
     values = {
         "input_rate_hz": slots.received_rate(), "processed_rate_hz": stats.rate("out"),
         "frames_received": slots.received, "frames_processed": stats.processed,
@@ -58,6 +89,7 @@ def diagnostics_message(stats: NodeStats, slots, recognizer, device: str, rerank
         "loop_closures_refused_two_view": recognizer.refused_by_two_view,
         "loop_closures_unchecked_two_view": recognizer.unchecked,
         "map_places": len(recognizer), "keyframes_added": recognizer.keyframes_added, "map_full": recognizer.map_full,
+        "cpu_cores": cores, "cpu_share_percent": 100.0 * cores / available_cpus(), "cpu_ms_per_frame": cpu_ms,
         "device": device, "reranker": reranker, "last_error": stats.last_error,
         **{f"stage_{name}_ms_p50": stats.percentile(0.5, window) for name, window in sorted(stats.stages.items())},
     }

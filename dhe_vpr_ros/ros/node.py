@@ -71,6 +71,9 @@ class VprNode(LifecycleNode):
         changes = {p.name: p.value for p in params}
         try:
             check_live({**self.p, **changes})
+            if self.recognizer is not None and changes.get("precision", self.p["precision"]) != self.p["precision"]:
+                raise ParameterProblem("precision changes the features the map holds: deactivate and clean up the "
+                                       "node, set it, then configure again")
             if self.recognizer is not None:
                 self.recognizer.update(**{k: v for k, v in changes.items() if k in LIVE})
         except (ParameterProblem, ValueError) as exc:
@@ -95,7 +98,7 @@ class VprNode(LifecycleNode):
         check_startup(p)
         loc = open_localizer(p["checkpoint"], p["backbone"], p["device"], p["map_path"] or None,
                              logger=LoggerAdapter(self.get_logger()), threads=p["threads"] or None,
-                             runtime=p["runtime"], onnx=p["onnx_dir"] or None,
+                             runtime=p["runtime"], onnx=p["onnx_dir"] or None, precision=p["precision"],
                              reranker=p["reranker"], top_k=p["top_k"],
                              refine_rounds=p["refine_rounds"], regressor_candidates=p["regressor_candidates"])
         self.recognizer = PlaceRecognizer(loc, LoopPolicy.from_mapping(p), logger=LoggerAdapter(self.get_logger()))
@@ -135,7 +138,8 @@ class VprNode(LifecycleNode):
                 self.create_subscription(kind, topic, lambda msg, t=topic: self.slots.put(msg, t), qos))
         self.slots.reopen()
         self._pipeline = Pipeline(self.slots.take, self._prepare, self._finish, self._stage_failed,
-                                  self.p["threads"] or None, LoggerAdapter(self.get_logger()), name="vpr")
+                                  self.p["threads"] or None, LoggerAdapter(self.get_logger()), name="vpr",
+                                  waiting=self.slots.waiting)
         self._pipeline.start()
         self.get_logger().info(f"active: listening on {list(self.p['image_topics'])}")
         return super().on_activate(state)

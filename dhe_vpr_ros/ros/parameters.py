@@ -19,7 +19,7 @@ from ..loop.policy import AUTO, CALIBRATED_MIN_SCORE, MAX_GUIDED, VERIFY_FEATURE
 from ..loop.sequence import SequenceSettings
 from ..map.format import is_map
 from ..method.rerank import DEFAULT_REFINE_ROUNDS, DEFAULT_REGRESSED, MAX_REFINE_ROUNDS, RERANKERS
-from ..runtime.loading import RUNTIMES
+from ..runtime.loading import PRECISIONS, RUNTIMES
 
 __all__ = ["LIVE", "PARAMETERS", "ParamSpec", "ParameterProblem", "check_live", "check_startup", "config_yaml",
            "descriptor"]
@@ -50,6 +50,9 @@ PARAMETERS: dict[str, ParamSpec] = {
                                  "torch; or onnxruntime: the exported files in onnx_dir (CUDA / TensorRT providers "
                                  "where installed)"),
     "onnx_dir": ParamSpec("", "with runtime onnxruntime (or auto): the folder `export --out` wrote"),
+    "precision": ParamSpec("float", "float, or int8: the int8 backbone `export --int8` wrote, in onnxruntime (a map "
+                                    "built with one is queried with the same); set while unconfigured, refused live",
+                           True),
     "threads": ParamSpec(0, "CPU threads for the network (0: the cores free beside the node, followed while it "
                             "runs, at most 4); OpenCV and FAISS use one", False, (0, 256)),
     "image_topics": ParamSpec(["image"], "camera topics; a name ending in /compressed is a CompressedImage topic"),
@@ -139,6 +142,8 @@ def _in_range(name: str, value) -> None:
 def check_live(p: dict) -> None:
     """What the on-set callback enforces beyond the descriptors (ranges are checked again,
     so that the checks hold without ROS too)."""
+    if p["precision"] not in PRECISIONS:
+        raise ParameterProblem(f"precision must be {' or '.join(PRECISIONS)}, not {p['precision']!r}")
     if p["reranker"] not in RERANKERS:
         raise ParameterProblem(f"reranker {p['reranker']!r} is not one of {', '.join(RERANKERS)}")
     for name in LIVE:

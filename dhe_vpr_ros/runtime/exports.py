@@ -7,6 +7,8 @@ onnxruntime when ``export`` wrote one, else PyTorch.
 hash (``$XDG_CACHE_HOME/dhe_vpr_ros/onnx/SHA``, ``~/.cache`` when unset); an export written next
 to a checkpoint (``CHECKPOINT.onnx/``) is found too. An export is used only when its model.json
 records the active checkpoint's hash: a retrained checkpoint never runs an older export.
+``precision: int8`` runs the export's int8 backbone (``export --int8``); PyTorch has none, so int8
+without such an export is refused, never run as float (a map records which of the two embedded it).
 """
 from __future__ import annotations
 
@@ -18,7 +20,10 @@ from pathlib import Path
 from ..method.models.checkpoint import file_sha256
 from ..reading import InputError, read_text
 
-__all__ = ["cache_folder", "export_folders", "find_export", "resolve_runtime"]
+__all__ = ["INT8_HOW", "cache_folder", "export_folders", "find_export", "resolve_runtime"]
+
+INT8_HOW = ("write one with `python -m dhe_vpr_ros export --int8 --map MAP` (or --calibration-images DIR: frames "
+            "of your camera)")
 
 log = logging.getLogger(__name__)
 
@@ -34,23 +39,27 @@ def export_folders(checkpoint: Path, sha256: str) -> list[Path]:
     return [checkpoint.with_name(checkpoint.name + ".onnx"), cache_folder(sha256)]
 
 
-def find_export(checkpoint: Path, sha256: str) -> Path | None:
-    """The first export folder whose model.json records ``sha256`` as its checkpoint's hash."""
+def find_export(checkpoint: Path, sha256: str, int8: bool = False) -> Path | None:
+    """The first export folder whose model.json records ``sha256`` as its checkpoint's hash (and, with
+    ``int8``, holds an int8 backbone)."""
     for folder in export_folders(checkpoint, sha256):
         try:
             meta = json.loads(read_text(folder / "model.json", "model.json", 1 << 20))
         except (OSError, InputError, ValueError):
             continue
         if isinstance(meta, dict) and meta.get("format") == "dhe_vpr_ros.onnx" and meta.get("checkpoint_sha256") \
-                == sha256:
+                == sha256 and (not int8 or isinstance(meta.get("int8"), dict)):
             return folder
     return None
 
 
 def resolve_runtime(runtime: str, checkpoint: Path | None, onnx: str | None, device: str | None,
-                    logger=None) -> tuple[str, str | None]:
+                    logger=None, precision: str = "float") -> tuple[str, str | None]:
     """(runtime, onnx folder) to load: ``auto`` becomes onnxruntime with the active checkpoint's
-    export when there is one (on the CPU, with onnxruntime installed), else torch; the log says which."""
+    export when there is one (on the CPU, with onnxruntime installed), else torch; the log says which.
+    ``precision`` int8 needs onnxruntime and an export with an int8 backbone (ValueError otherwise)."""
+    if precision == "int8":
+        return _resolve_int8(runtime, checkpoint, onnx, logger or log)
     if runtime != "auto":
         return runtime, onnx
     logger = logger or log
@@ -74,4 +83,19 @@ def resolve_runtime(runtime: str, checkpoint: Path | None, onnx: str | None, dev
         logger.info("runtime auto: PyTorch (an export is at %s, but onnxruntime is not installed)", folder)
         return "torch", None
     logger.info("runtime auto: onnxruntime, the export of %s at %s", checkpoint.name, folder)
+    return "onnxruntime", str(folder)
+
+
+def _resolve_int8(runtime: str, checkpoint: Path | None, onnx: str | None, logger) -> tuple[str, str]:
+    if runtime == "torch":
+        raise ValueError("precision int8 runs in onnxruntime, not PyTorch: set runtime auto or onnxruntime")
+    if onnx:
+        return "onnxruntime", onnx
+    if checkpoint is None:
+        raise ValueError(f"precision int8 needs an export of the checkpoint with an int8 backbone: {INT8_HOW}")
+    sha = file_sha256(checkpoint)
+    folder = find_export(checkpoint, sha, int8=True)
+    if folder is None:
+        raise ValueError(f"precision int8: no export of {checkpoint.name} holds an int8 backbone; {INT8_HOW}")
+    logger.info("precision int8: onnxruntime, the int8 export of %s at %s", checkpoint.name, folder)
     return "onnxruntime", str(folder)

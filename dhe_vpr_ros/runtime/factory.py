@@ -20,16 +20,17 @@ __all__ = ["open_localizer"]
 def open_localizer(checkpoint: str | os.PathLike | None = None, backbone: str | None = None,
                    device: str | None = "cpu", map_path: str | os.PathLike | None = None, *,
                    new_map=None, logger=None, threads: int | None = None, runtime: str = "auto",
-                   onnx: str | os.PathLike | None = None, **options):
+                   onnx: str | os.PathLike | None = None, precision: str = "float", **options):
     """The one setup every command and the node share: apply the thread settings
     (``threads.configure_threads``), resolve the device, load the model,
     open the map at ``map_path`` (checked against the model) or make a new one
     (``new_map(model, build_info)``, default: an empty in-memory map), and tie them into a
-    ``Localizer``; ``options`` (reranker, top_k, refine_rounds, regressor_candidates) go to it."""
+    ``Localizer``; ``precision`` int8 runs the export's int8 backbone; ``options`` (reranker, top_k,
+    refine_rounds, regressor_candidates) go to it."""
     settings = configure_threads(threads)
     dev = resolve_device(device, logger) if runtime != "onnxruntime" else torch.device("cpu")
     model, build_info = load_any_model(checkpoint or None, backbone or None, dev, logger, runtime, onnx,
-                                       settings.torch)
+                                       settings.torch if threads else None, precision)
     if map_path:
         database = MapDatabase.open(map_path, expect=model_identity(model))
     elif new_map is not None:

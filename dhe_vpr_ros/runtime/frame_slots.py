@@ -61,6 +61,11 @@ class FrameSlots:
             source = min(self._slots, key=lambda s: self._slots[s].received)
             return self._slots.pop(source)
 
+    def waiting(self) -> bool:
+        """Whether a frame waits to be taken."""
+        with self._wake:
+            return bool(self._slots)
+
     def clear(self) -> None:
         with self._wake:
             self._slots.clear()

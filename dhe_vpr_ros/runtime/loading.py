@@ -11,11 +11,12 @@ from pathlib import Path
 import torch
 
 from .. import DATA_DIR
+from ..method.identity import PRECISIONS
 from ..method.models import VPRModel, build_model, load_checkpoint
 from ..method.models.checkpoint import file_sha256
 from .exports import resolve_runtime
 
-__all__ = ["RUNTIMES", "default_checkpoint", "load_any_model", "load_model"]
+__all__ = ["PRECISIONS", "RUNTIMES", "default_checkpoint", "load_any_model", "load_model"]
 
 log = logging.getLogger(__name__)
 
@@ -52,26 +53,29 @@ RUNTIMES = ("auto", "torch", "onnxruntime")  # auto: the checkpoint's export if 
 
 
 def load_any_model(checkpoint, backbone, device, logger, runtime: str = "auto", onnx: str | None = None,
-                   threads: int | None = None):
+                   threads: int | None = None, precision: str = "float"):
     """``load_model`` for runtime torch; for onnxruntime the exported folder ``onnx``; for auto
-    the active checkpoint's export when ``export`` wrote one (``exports.resolve_runtime``), else torch."""
+    the active checkpoint's export when ``export`` wrote one (``exports.resolve_runtime``), else torch.
+    ``precision`` int8: the int8 backbone of the export (onnxruntime only)."""
     if runtime not in RUNTIMES:
         raise ValueError(f"unknown runtime {runtime!r}; choose from {', '.join(RUNTIMES)}")
-    if runtime == "auto":
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
+    if runtime == "auto" or precision == "int8":
         active = Path(checkpoint) if checkpoint else (default_checkpoint() if not backbone else None)
-        runtime, onnx = resolve_runtime(runtime, active, onnx, str(device), logger)
+        runtime, onnx = resolve_runtime(runtime, active, onnx, str(device), logger, precision)
     if runtime == "torch":
         return load_model(checkpoint, backbone, device, logger)
     if not onnx:
         raise ValueError("runtime onnxruntime needs the exported model folder (--onnx DIR, the node's onnx_dir); "
                          "write one with `python -m dhe_vpr_ros export`")
     from .onnx import OnnxError, load_onnx_model
-    model = load_onnx_model(onnx, backbone or None, threads)
+    model = load_onnx_model(onnx, backbone or None, threads, precision)
     if checkpoint and file_sha256(checkpoint) != model.meta.get("checkpoint_sha256"):
         made_from = model.meta.get("checkpoint") or "no checkpoint"
         raise OnnxError(f"the export {onnx} was made from {made_from}, not from --checkpoint {checkpoint} (their "
                         f"hashes differ): export that checkpoint (`export --checkpoint {checkpoint}`), or "
                         "leave --checkpoint out to run the export as it is")
-    (logger or log).info("runtime onnxruntime: %s (%s)", onnx, ", ".join(model.providers))
+    (logger or log).info("runtime onnxruntime: %s (%s, %s backbone)", onnx, ", ".join(model.providers), precision)
     return model, {"checkpoint": model.meta.get("checkpoint") or f"onnx:{onnx}",
                    "checkpoint_sha256": model.meta.get("checkpoint_sha256")}

@@ -1,7 +1,8 @@
 # Copyright 2026 dhe_vpr_ros maintainers
 # SPDX-License-Identifier: Apache-2.0
 """``export``: the backbone and the regressor as ONNX files, with model.json (see ``onnx`` for the
-folder's layout and the model that runs it). Written through the write door (``atomic``) into a
+folder's layout and the model that runs it); with calibration frames also an int8 backbone
+(``quantize``). Written through the write door (``atomic``) into a
 temporary folder of this package's beside the target and moved in at the end, under the target's
 writer lock (a second export to the same folder waits, then finds it taken and writes nothing);
 temporaries of killed exports are removed by the next one."""
@@ -13,7 +14,9 @@ import logging
 import os
 import warnings
 from pathlib import Path
+from typing import Callable, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -21,8 +24,11 @@ from ..atomic import (Scratch, WriteError, check_name, check_not_protected, refu
                       write_error)
 from ..locks import LockTimeout, writer_lock
 from ..method.identity import model_identity
+from ..method.localizer import prepare
 from ..method.models import VPRModel, correlation_volume
-from .onnx import BACKBONE, FORMAT, META, OPSET, REGRESSOR, VERSION, OnnxError, file_sha256
+from ..reading import read_bytes
+from .onnx import BACKBONE, FORMAT, INT8_BACKBONE, META, OPSET, REGRESSOR, VERSION, OnnxError, file_sha256
+from .quantize import FLOAT_BLOCKS, quantize_backbone
 
 __all__ = ["export_model"]
 
@@ -72,8 +78,10 @@ def _graph_bytes(module: nn.Module, inputs: tuple, **options) -> bytes:
     return buffer.getvalue()
 
 
-def export_model(model: VPRModel, out: str | os.PathLike, checkpoint_info: dict, lock_timeout: float = 600.0) -> dict:
-    """Write backbone.onnx, regressor.onnx and model.json into ``out`` (a new or empty folder);
+def export_model(model: VPRModel, out: str | os.PathLike, checkpoint_info: dict, lock_timeout: float = 600.0,
+                 calibration: Sequence[Callable[[], np.ndarray]] | None = None) -> dict:
+    """Write backbone.onnx, regressor.onnx and model.json into ``out`` (a new or empty folder), and
+    backbone.int8.onnx when ``calibration`` (loaders of RGB frames of the user's camera) is given;
     returns model.json's content."""
     refuse_link(out, "a folder")
     out = Path(os.path.realpath(out))
@@ -89,6 +97,8 @@ def export_model(model: VPRModel, out: str | os.PathLike, checkpoint_info: dict,
             scratch = Scratch(out.parent, f"an export to {out.name}")
             try:
                 meta = _write_export(model, scratch.path, checkpoint_info)
+                if calibration:
+                    meta = _write_int8(model, scratch.path, meta, calibration)
                 scratch.unmark()
                 if out.exists():
                     _move_into(scratch.path, out)
@@ -129,6 +139,23 @@ def _write_export(model: VPRModel, folder: Path, checkpoint_info: dict) -> dict:
             "checkpoint": checkpoint_info.get("checkpoint"),
             "checkpoint_sha256": checkpoint_info.get("checkpoint_sha256"),
             "files_sha256": {name: file_sha256(folder / name) for name in (BACKBONE, REGRESSOR)}, "opset": OPSET}
+    write_bytes(folder / META, json.dumps(meta, indent=2).encode())
+    return meta
+
+
+def _write_int8(model: VPRModel, folder: Path, meta: dict, calibration: Sequence[Callable[[], np.ndarray]]) -> dict:
+    """backbone.int8.onnx beside the float graph, and model.json again with its identity and hash."""
+    def normalised(load: Callable[[], np.ndarray]) -> Callable[[], np.ndarray]:
+        return lambda: prepare([load()], model, torch.device("cpu")).numpy()
+
+    graph = read_bytes(folder / BACKBONE, "exported backbone", 1 << 30)
+    int8 = quantize_backbone(graph, model.backbone.name, [normalised(load) for load in calibration], folder)
+    write_bytes(folder / INT8_BACKBONE, int8)
+    digest = file_sha256(folder / INT8_BACKBONE)
+    identity = {**meta["identity"], "weights_sha256": digest, "precision": "int8"}
+    meta = {**meta, "int8": {"backbone": INT8_BACKBONE, "identity": identity, "calibration_frames": len(calibration),
+                             "float_blocks": FLOAT_BLOCKS},
+            "files_sha256": {**meta["files_sha256"], INT8_BACKBONE: digest}}
     write_bytes(folder / META, json.dumps(meta, indent=2).encode())
     return meta
 

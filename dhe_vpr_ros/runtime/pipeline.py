@@ -9,7 +9,9 @@ The stages hand over through ``Handoff``, a slot of depth one that blocks the fi
 second takes what it made: no frame is embedded and then thrown away, the second stage sees frames in
 the order they were prepared, and the first always takes the newest frame when it starts the next one
 (``FrameSlots``). Each stage's threads follow its share of the free cores (``ThreadGovernor``'s
-``share``). A stage never ends the pipeline by raising: its ``on_error`` hook decides what to report.
+``share``) while the other stage works, and all of them while it is idle: a lone frame (a slow camera)
+goes through both stages at the speed of the whole CPU instead of half of it. A stage never ends the
+pipeline by raising: its ``on_error`` hook decides what to report.
 """
 from __future__ import annotations
 
@@ -28,6 +30,7 @@ class Handoff:
         self._item = None
         self._full = False
         self._closed = False
+        self._working = False  # the consumer took an item and has not called ``done`` yet
         self._cond = threading.Condition()
 
     def put(self, item) -> bool:
@@ -48,9 +51,19 @@ class Handoff:
                 self._cond.wait()
             if not self._full:
                 return None
-            item, self._item, self._full = self._item, None, False
+            item, self._item, self._full, self._working = self._item, None, False, True
             self._cond.notify_all()
             return item
+
+    def done(self) -> None:
+        """The consumer finished what it took last."""
+        with self._cond:
+            self._working = False
+
+    def occupied(self) -> bool:
+        """Whether an item waits in the slot or the consumer is still on the last one it took."""
+        with self._cond:
+            return self._full or self._working
 
     def close(self) -> None:
         """No more items: a waiting ``put`` returns False, ``take`` returns what is left, then None."""
@@ -62,14 +75,16 @@ class Handoff:
 class Pipeline:
     """``take()`` gives the next input (None: stop); ``first(input)`` returns what the second stage needs (None:
     nothing for it); ``second(prepared)`` finishes the frame. ``on_error(stage, input, exception)`` is called
-    when a stage raises (the pipeline goes on). ``threads``: the user's fixed count (None: the free cores)."""
+    when a stage raises (the pipeline goes on). ``threads``: the user's fixed count (None: the free cores).
+    ``waiting()``: whether an input is waiting to be taken (the second stage then shares the cores)."""
 
     def __init__(self, take: Callable, first: Callable, second: Callable, on_error: Callable,
-                 threads: int | None = None, logger=None, name: str = "frames"):
-        self.take, self.first, self.second, self.on_error = take, first, second, on_error
+                 threads: int | None = None, logger=None, name: str = "frames", waiting: Callable = lambda: False):
+        self.take, self.first, self.second, self.on_error, self.waiting = take, first, second, on_error, waiting
         self.threads, self.logger, self.name = threads, logger, name
         self._handoff = Handoff()
         self._workers: list[threading.Thread] = []
+        self._preparing = False  # the first stage holds an input (set from when it takes one until none waits)
 
     def start(self) -> None:
         self._handoff = Handoff()
@@ -84,11 +99,20 @@ class Pipeline:
             worker.join(timeout)
         self._workers = []
 
+    def _next_input(self):
+        """``take()``, with the first stage counted as preparing from the end of one frame to the next while
+        inputs wait (so the second stage, starting meanwhile, shares the cores instead of taking them all)."""
+        if not self.waiting():
+            self._preparing = False
+        item = self.take()
+        self._preparing = item is not None
+        return item
+
     def _run_first(self) -> None:
         governor = ThreadGovernor(self.threads, logger=self.logger, share=(0, 2))
         try:
-            while (item := self.take()) is not None:
-                governor.adjust()
+            while (item := self._next_input()) is not None:
+                governor.adjust(alone=not self._handoff.occupied())
                 try:
                     prepared = self.first(item)
                 except Exception as exc:  # keep going: the hook reports it
@@ -97,13 +121,16 @@ class Pipeline:
                 if prepared is not None and not self._handoff.put(prepared):
                     return
         finally:
+            self._preparing = False
             self._handoff.close()
 
     def _run_second(self) -> None:
         governor = ThreadGovernor(self.threads, logger=self.logger, share=(1, 2))
         while (prepared := self._handoff.take()) is not None:
-            governor.adjust()
+            governor.adjust(alone=not self._preparing and not self.waiting())
             try:
                 self.second(prepared)
             except Exception as exc:
                 self.on_error("second", prepared, exc)
+            finally:
+                self._handoff.done()

@@ -237,23 +237,26 @@ class ThreadGovernor:
     inference threads call ``adjust`` before each frame). It measures the load beside from the time
     since its last look (at most every ``period`` seconds, no sleeping); a user's fixed count is
     applied once and never changed. ``share`` (index, parts): this thread is one of ``parts`` stages
-    working at once, and takes its part of the count (``share_of``)."""
+    working at once, and takes its part of the count (``share_of``) while the others work; ``adjust(alone=True)``
+    gives it the whole count (the other stages idle: a lone frame of a slow camera gets every free core)."""
 
     def __init__(self, requested: int | None = None, period: float = 2.0, logger=None,
                  share: tuple[int, int] = (0, 1)):
         self.requested, self.period, self.share = requested or None, period, share
         self.logger = logger or log
-        self.threads: int | None = None
+        self.threads: int | None = None  # the count for all stages together
+        self.mine: int | None = None  # what this thread runs now
         self._last: CpuSample | None = None
 
-    def adjust(self) -> int:
-        """Apply the count to the calling thread (changed when the load beside changed); returns it."""
+    def adjust(self, alone: bool = False) -> int:
+        """Apply this thread's count (the whole count when ``alone``, else its share; the count changes when
+        the load beside changed); returns the count for all stages."""
         import torch
         if self.threads is None:
             now = sample_cpus()
             settings = applied()
-            first = settings.torch if settings is not None else choose_threads(now.cpus, cpu_quota(), 0.0)
-            self._apply(torch, self.requested or first, None)
+            self.threads = self.requested or (settings.torch if settings is not None else
+                                              choose_threads(now.cpus, cpu_quota(), 0.0))
             self._last = now
         elif not self.requested and time.monotonic() - self._last.wall >= self.period:
             now = sample_cpus()  # /proc/stat is read once a period, not on every frame
@@ -261,15 +264,13 @@ class ThreadGovernor:
             self._last = now
             count = choose_threads(now.cpus, cpu_quota(), beside)
             if count != self.threads:
-                self._apply(torch, count, beside)
+                self.logger.info("threads: %d -> %d (%.1f of %d CPUs busy beside)", self.threads, count, beside,
+                                 available_cpus())
+                self.threads = count
+        mine = self.threads if alone else share_of(self.threads, self.share)
+        if mine != self.mine:
+            torch.set_num_threads(mine)
+            if self.share[0] == 0:  # BLAS threads are one setting for the whole process: the first stage's
+                set_blas_threads(mine)
+            self.mine = mine
         return self.threads
-
-    def _apply(self, torch, count: int, beside: float | None) -> None:
-        mine = share_of(count, self.share)
-        torch.set_num_threads(mine)
-        if self.share[0] == 0:  # BLAS threads are one setting for the whole process: the first stage's
-            set_blas_threads(mine)
-        if beside is not None and mine != share_of(self.threads, self.share):
-            self.logger.info("threads: %d -> %d (%.1f of %d CPUs busy beside)", share_of(self.threads, self.share),
-                             mine, beside, available_cpus())
-        self.threads = count
