@@ -129,16 +129,18 @@ def main() -> None:
                         help="int8: the export's int8 backbone (`export --int8`)")
     parser.add_argument("--top-k", type=int, default=32)
     parser.add_argument("--rerankers", default=",".join(RERANKERS), help="comma-separated, from " + ",".join(RERANKERS))
+    parser.add_argument("--sets", default="demo," + ",".join(COHOG_SETS), help="comma-separated sets to run")
     args = parser.parse_args()
     rerankers = tuple(args.rerankers.split(","))
     configure_threads()  # as every command: threads from the free cores
     torch.set_grad_enabled(False)
     device = torch.device(args.device)
     model, _ = load_any_model(args.checkpoint, None, device, None, args.runtime, args.onnx, None, args.precision)
-    sets = {"demo": demo_set()}
+    chosen = set(args.sets.split(","))
+    sets = {"demo": demo_set()} if "demo" in chosen else {}
     if args.cohog:
         for name, folder in COHOG_SETS.items():
-            if (args.cohog / folder).is_dir():
+            if name in chosen and (args.cohog / folder).is_dir():
                 sets[name] = crop_figures(args.cohog / folder)
     print(f"{'set':<14}{'queries':>8}{'places':>8}{'skipped':>8}  {'re-ranker':<8}{'R@1':>7}{'R@5':>7}"
           f"{'R@100P':>8}{'AP':>7}{'ms/query':>10}")
