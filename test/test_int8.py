@@ -161,3 +161,26 @@ def test_a_lying_int8_record_is_one_line_naming_the_field(exported, tmp_path, ca
                                            photo])
         assert code == 2 and len(errors) == 1 and reason in errors[0] and "model.json" in errors[0], \
             (folder.name, errors)
+
+
+def test_onnxruntime_sessions_follow_the_calling_threads_count(exported):
+    """The node's stages change their thread count frame by frame (all free cores when the other stage is idle):
+    each count gets its own session, made once; a user's fixed count is the only one."""
+    before = torch.get_num_threads()
+    try:
+        pool = load_onnx_model(exported, precision="int8")._backbone_sessions
+        torch.set_num_threads(1)
+        one = pool.get()
+        torch.set_num_threads(2)
+        two = pool.get()
+        assert one is not two and pool.get() is two
+        assert one.get_session_options().intra_op_num_threads == 1
+        assert two.get_session_options().intra_op_num_threads == 2
+        torch.set_num_threads(1)
+        assert pool.get() is one
+        fixed = load_onnx_model(exported, threads=3)._regressor_sessions
+        assert fixed.get().get_session_options().intra_op_num_threads == 3
+        torch.set_num_threads(2)
+        assert fixed.get() is fixed.get() and fixed.get().get_session_options().intra_op_num_threads == 3
+    finally:
+        torch.set_num_threads(before)

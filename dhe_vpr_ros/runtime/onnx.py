@@ -143,17 +143,22 @@ class SessionPool:
     """The sessions of one graph, one per intra-op thread count. onnxruntime fixes a session's threads when it
     is made, while the node gives a stage all free cores when the other stage is idle and half of them when
     both work (``runtime.pipeline``): each run takes the session of the calling thread's torch thread count
-    (the count ``ThreadGovernor`` set), or of the user's fixed ``threads``."""
+    (the count ``ThreadGovernor`` set), or of the user's fixed ``threads``. On a GPU provider (CUDA,
+    TensorRT) the CPU thread count does not matter: one session serves every count."""
 
     def __init__(self, graph: bytes, path: Path, threads: int | None = None):
         self._graph, self._path, self._threads = graph, path, threads
         self._sessions: dict[int, object] = {}
         self._lock = threading.Lock()
-        self.get()  # a graph onnxruntime refuses is refused now, not at the first frame
+        self._one = False  # one session for every count
+        first = self.get()  # a graph onnxruntime refuses is refused now, not at the first frame
+        self._one = first.get_providers()[0] != "CPUExecutionProvider"
 
     def get(self):
         count = self._threads or max(1, torch.get_num_threads())
         with self._lock:
+            if self._one:
+                return next(iter(self._sessions.values()))
             if count not in self._sessions:
                 self._sessions[count] = _session(self._graph, self._path, count)
             return self._sessions[count]
