@@ -94,6 +94,10 @@ def test_int8_without_an_int8_export_is_one_line_that_says_how(exported, tmp_pat
     for options, reason in cases:
         code, errors = _one_error(caplog, ["query", "--map", str(tmp_path / "map"), *options, photo])
         assert code == 2 and len(errors) == 1 and reason in errors[0], (options, errors)
+    assert main(["export"]) == 0  # the float export in the cache folder, where export --int8 would not write
+    code, errors = _one_error(caplog, ["query", "--map", str(tmp_path / "map"), "--precision", "int8", photo])
+    assert code == 2 and len(errors) == 1, errors
+    assert "has no int8 backbone; write one elsewhere" in errors[0] and "--out DIR" in errors[0], errors
 
 
 def test_runtime_auto_runs_the_int8_export_of_the_active_checkpoint(tmp_path, monkeypatch):
@@ -106,13 +110,17 @@ def test_runtime_auto_runs_the_int8_export_of_the_active_checkpoint(tmp_path, mo
     assert floating.precision == "float" and floating.folder == model.folder  # the same export, its float graph
 
 
-def test_export_int8_options_are_checked_before_any_work(tmp_path, caplog):
+def test_export_int8_options_and_frames_are_refused_in_one_line_writing_nothing(tmp_path, caplog):
     few = tmp_path / "few"
     few.mkdir()
     for photo in sorted((DATA / "database").glob("*.jpg"))[:2]:
         shutil.copy(photo, few / photo.name)
+    broken = tmp_path / "broken"
+    shutil.copytree(DATA / "database", broken)
+    (broken / "05_rubberwhale1.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a JPEG")
     out = tmp_path / "out"
     cases = [(["--int8"], "give --calibration-images DIR or --map MAP"),
+             (["--int8", "--calibration-images", str(broken)], "a calibration frame cannot be used"),
              (["--calibration-images", str(few)], "are for --int8: add --int8"),
              (["--int8", "--calibration-images", str(few), "--map", str(tmp_path)], "not both"),
              (["--int8", "--calibration-images", str(few)], "at least 4 calibration frames"),

@@ -136,16 +136,19 @@ def test_a_lone_frame_gets_every_core_in_both_stages_and_busy_stages_share_them(
     pipe = Pipeline(take, first, second, lambda *a: pytest.fail(f"stage failed: {a}"), threads=4, waiting=waiting)
     pipe.start()
     send(0)  # alone: both stages take all four
-    _wait_until(lambda: len(seen["second"]) == 1)
+    _wait_until(lambda: len(seen["second"]) == 1 and not pipe._handoff.occupied())
     send(1, 2)  # frame 1 alone in the first stage; frame 2 waits while the second stage starts on 1
     _wait_until(lambda: len(seen["first"]) == 3)
+    _wait_until(lambda: not pipe._preparing)  # frame 2 handed over, the first stage idle again
     release_second.set()
     _wait_until(lambda: len(seen["second"]) == 3)
     send(None)
     pipe.join(20)
     assert seen["first"][0] == (0, 4) and seen["second"][0] == (0, 4)
+    assert seen["first"][1] == (1, 4)  # the second stage idle: frame 1 is prepared on all four
     assert seen["second"][1] == (1, 2)  # frame 2 was waiting: the first stage is about to work beside it
     assert seen["first"][2] == (2, 2)  # prepared while the second stage works on frame 1
+    assert seen["second"][2] == (2, 4)  # the first stage idle, nothing waiting: frame 2 finishes on all four
 
 
 def _wait_until(condition, timeout: float = 10.0) -> None:

@@ -152,10 +152,12 @@ def run_export(args: argparse.Namespace) -> int:
     from ..runtime.exports import cache_folder
     from ..runtime.loading import load_model
     from ..runtime.onnx_export import export_model
-    from ..runtime.quantize import check_quantisable
+    from ..runtime.quantize import check_calibration, check_quantisable
     if not args.int8 and (args.calibration_images or args.map):
         raise ValueError("--calibration-images and --map are for --int8: add --int8")
     calibration = calibration_frames(args) if args.int8 else None  # before the model loads: a wrong option fails fast
+    if args.int8:
+        check_calibration(len(calibration))
     model, info = load_model(args.checkpoint, args.backbone)
     if args.int8:
         check_quantisable(model.backbone.name)

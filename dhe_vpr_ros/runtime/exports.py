@@ -96,6 +96,11 @@ def _resolve_int8(runtime: str, checkpoint: Path | None, onnx: str | None, logge
     sha = file_sha256(checkpoint)
     folder = find_export(checkpoint, sha, int8=True)
     if folder is None:
+        floating = find_export(checkpoint, sha)
+        if floating is not None:  # export writes only into a new or empty folder: say where else to write
+            raise ValueError(f"precision int8: the export of {checkpoint.name} at {floating} has no int8 backbone; "
+                             f"write one elsewhere with `python -m dhe_vpr_ros export --int8 --map MAP --out DIR` "
+                             f"and give onnx_dir DIR (--onnx), or remove {floating} and export --int8 into it")
         raise ValueError(f"precision int8: no export of {checkpoint.name} holds an int8 backbone; {INT8_HOW}")
     logger.info("precision int8: onnxruntime, the int8 export of %s at %s", checkpoint.name, folder)
     return "onnxruntime", str(folder)

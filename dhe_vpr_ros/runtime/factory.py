@@ -28,7 +28,8 @@ def open_localizer(checkpoint: str | os.PathLike | None = None, backbone: str | 
     ``Localizer``; ``precision`` int8 runs the export's int8 backbone; ``options`` (reranker, top_k,
     refine_rounds, regressor_candidates) go to it."""
     settings = configure_threads(threads)
-    dev = resolve_device(device, logger) if runtime != "onnxruntime" else torch.device("cpu")
+    on_onnxruntime = runtime == "onnxruntime" or precision == "int8"  # int8 runs in onnxruntime only
+    dev = resolve_device(device, logger) if not on_onnxruntime else torch.device("cpu")
     model, build_info = load_any_model(checkpoint or None, backbone or None, dev, logger, runtime, onnx,
                                        settings.torch if threads else None, precision)
     if map_path:

@@ -40,8 +40,8 @@ from ..method.models import CheckpointError
 from ..method.models.checkpoint import file_sha256
 from ..reading import InputError, read_bytes, read_text
 
-__all__ = ["BACKBONE", "FORMAT", "INT8_BACKBONE", "META", "OPSET", "REGRESSOR", "VERSION", "OnnxError", "OnnxVPRModel",
-           "SessionPool", "file_sha256", "load_onnx_model"]
+__all__ = ["BACKBONE", "FORMAT", "INT8_BACKBONE", "MAX_GRAPH_BYTES", "META", "OPSET", "REGRESSOR", "VERSION",
+           "OnnxError", "OnnxVPRModel", "SessionPool", "file_sha256", "load_onnx_model"]
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +49,7 @@ FORMAT = "dhe_vpr_ros.onnx"
 VERSION = 1
 BACKBONE, REGRESSOR, META = "backbone.onnx", "regressor.onnx", "model.json"
 INT8_BACKBONE = "backbone.int8.onnx"
+MAX_GRAPH_BYTES = 1 << 31  # a graph larger than this is not one of ours (the paper's preset is ~0.5 GB)
 OPSET = 17
 
 
@@ -226,7 +227,7 @@ def read_meta(folder: Path) -> dict:
 def _graph(folder: Path, meta: dict, name: str) -> bytes:
     """A graph's bytes, read once through the read door and checked against the hash model.json records."""
     try:
-        data = read_bytes(folder / name, f"exported {name}", 1 << 31)
+        data = read_bytes(folder / name, f"exported {name}", MAX_GRAPH_BYTES)
     except FileNotFoundError:
         raise OnnxError(f"{folder}: {name} is missing, or not a regular file") from None
     except InputError as exc:

@@ -27,7 +27,8 @@ from ..method.identity import model_identity
 from ..method.localizer import prepare
 from ..method.models import VPRModel, correlation_volume
 from ..reading import read_bytes
-from .onnx import BACKBONE, FORMAT, INT8_BACKBONE, META, OPSET, REGRESSOR, VERSION, OnnxError, file_sha256
+from .onnx import (BACKBONE, FORMAT, INT8_BACKBONE, MAX_GRAPH_BYTES, META, OPSET, REGRESSOR, VERSION, OnnxError,
+                   file_sha256)
 from .quantize import FLOAT_BLOCKS, quantize_backbone
 
 __all__ = ["export_model"]
@@ -148,7 +149,7 @@ def _write_int8(model: VPRModel, folder: Path, meta: dict, calibration: Sequence
     def normalised(load: Callable[[], np.ndarray]) -> Callable[[], np.ndarray]:
         return lambda: prepare([load()], model, torch.device("cpu")).numpy()
 
-    graph = read_bytes(folder / BACKBONE, "exported backbone", 1 << 30)
+    graph = read_bytes(folder / BACKBONE, "exported backbone", MAX_GRAPH_BYTES)
     int8 = quantize_backbone(graph, model.backbone.name, [normalised(load) for load in calibration], folder)
     write_bytes(folder / INT8_BACKBONE, int8)
     digest = file_sha256(folder / INT8_BACKBONE)

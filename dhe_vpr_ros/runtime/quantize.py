@@ -22,7 +22,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-__all__ = ["CALIBRATION_FRAMES", "FLOAT_BLOCKS", "QUANTISABLE_BACKBONES", "QuantizeError", "check_quantisable",
+__all__ = ["CALIBRATION_FRAMES", "FLOAT_BLOCKS", "QUANTISABLE_BACKBONES", "QuantizeError", "check_calibration",
+           "check_quantisable",
            "float_convolutions",
            "pick_evenly", "quantize_backbone"]
 
@@ -38,11 +39,28 @@ class QuantizeError(ValueError):
     """An int8 export that cannot be made: another backbone, too few frames, a graph onnxruntime refuses."""
 
 
+class _FrameError(Exception):
+    """A calibration frame that could not be loaded (carried through onnxruntime's calibration loop)."""
+
+
 def check_quantisable(backbone: str) -> None:
-    """QuantizeError for a backbone whose int8 form was never measured."""
+    """QuantizeError for a backbone whose int8 form was never measured, or without onnxruntime's quantiser."""
     if backbone not in QUANTISABLE_BACKBONES:
         raise QuantizeError(f"--int8 is measured for {', '.join(QUANTISABLE_BACKBONES)} only, not {backbone!r}: "
                             "export without --int8")
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime.quantization  # noqa: F401
+    except ImportError as exc:
+        raise QuantizeError(f"--int8 needs the onnx and onnxruntime packages ({exc}): pip install onnx onnxruntime") \
+            from None
+
+
+def check_calibration(count: int) -> None:
+    """QuantizeError when too few calibration frames were given."""
+    if count < MIN_CALIBRATION_FRAMES:
+        raise QuantizeError(f"--int8 needs at least {MIN_CALIBRATION_FRAMES} calibration frames of your camera, "
+                            f"got {count}")
 
 
 def float_convolutions(node_names: Sequence[str], float_blocks: int = FLOAT_BLOCKS) -> list[str]:
@@ -93,9 +111,7 @@ def quantize_backbone(float_graph: bytes, backbone: str, inputs: Sequence[Callab
     calibration frame, each giving the normalised (1, 3, S, S) float32 input; ``work``: a folder of
     ours for onnxruntime's files, emptied before returning."""
     check_quantisable(backbone)
-    if len(inputs) < MIN_CALIBRATION_FRAMES:
-        raise QuantizeError(f"--int8 needs at least {MIN_CALIBRATION_FRAMES} calibration frames of your camera, "
-                            f"got {len(inputs)}")
+    check_calibration(len(inputs))
     import onnx
     from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType, quant_pre_process,
                                           quantize_static)
@@ -106,7 +122,12 @@ def quantize_backbone(float_graph: bytes, backbone: str, inputs: Sequence[Callab
 
         def get_next(self):
             make = next(self._next, None)
-            return None if make is None else {"images": make()}
+            if make is None:
+                return None
+            try:
+                return {"images": make()}
+            except Exception as exc:  # an unreadable or unusable frame: said as such, not as onnxruntime's
+                raise _FrameError(str(exc)) from None
 
     with tempfile.TemporaryDirectory(dir=work, prefix=".int8-") as scratch, _quietly_in(Path(scratch)):
         source, prepared, out = (Path(scratch) / name for name in ("float.onnx", "prepared.onnx", "int8.onnx"))
@@ -115,6 +136,9 @@ def quantize_backbone(float_graph: bytes, backbone: str, inputs: Sequence[Callab
             quant_pre_process(str(source), str(prepared))
             names = [n.name for n in onnx.load(str(prepared)).graph.node if n.op_type == "Conv"]
             keep = float_convolutions(names)
+            if not any("_conv_stem/" in name for name in keep):  # names changed: refuse rather than quantise all
+                raise QuantizeError("the exported backbone's convolutions are not named as measured (no stem "
+                                    "found): the int8 export is not made")
             log.info("int8: %d convolutions quantised, %d kept float (stem, blocks 0-%d), %d calibration frames",
                      len(names) - len(keep), len(keep), FLOAT_BLOCKS - 1, len(inputs))
             quantize_static(str(prepared), str(out), _Frames(), quant_format=QuantFormat.QDQ, per_channel=True,
@@ -122,6 +146,8 @@ def quantize_backbone(float_graph: bytes, backbone: str, inputs: Sequence[Callab
                             op_types_to_quantize=["Conv"], nodes_to_exclude=keep)
         except QuantizeError:
             raise
+        except _FrameError as exc:
+            raise QuantizeError(f"a calibration frame cannot be used: {exc}") from None
         except Exception as exc:  # onnxruntime's own types
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise QuantizeError(f"onnxruntime could not quantise the backbone: {first[:300]}") from None

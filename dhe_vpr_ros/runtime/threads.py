@@ -235,10 +235,12 @@ def share_of(count: int, share: tuple[int, int]) -> int:
 class ThreadGovernor:
     """Keeps the calling thread's torch threads at the free cores while a long job runs (the node's
     inference threads call ``adjust`` before each frame). It measures the load beside from the time
-    since its last look (at most every ``period`` seconds, no sleeping); a user's fixed count is
-    applied once and never changed. ``share`` (index, parts): this thread is one of ``parts`` stages
+    since its last look (at most every ``period`` seconds, no sleeping); a user's fixed count is the
+    count and never follows the load. ``share`` (index, parts): this thread is one of ``parts`` stages
     working at once, and takes its part of the count (``share_of``) while the others work; ``adjust(alone=True)``
-    gives it the whole count (the other stages idle: a lone frame of a slow camera gets every free core)."""
+    gives it the whole count (the other stages idle: a lone frame of a slow camera gets every free core).
+    NumPy's BLAS threads (one setting for the process, and not cheap to change) follow the first stage's
+    share only when the count changes."""
 
     def __init__(self, requested: int | None = None, period: float = 2.0, logger=None,
                  share: tuple[int, int] = (0, 1)):
@@ -246,6 +248,7 @@ class ThreadGovernor:
         self.logger = logger or log
         self.threads: int | None = None  # the count for all stages together
         self.mine: int | None = None  # what this thread runs now
+        self._blas: int | None = None  # the count NumPy's BLAS threads were last set for
         self._last: CpuSample | None = None
 
     def adjust(self, alone: bool = False) -> int:
@@ -270,7 +273,8 @@ class ThreadGovernor:
         mine = self.threads if alone else share_of(self.threads, self.share)
         if mine != self.mine:
             torch.set_num_threads(mine)
-            if self.share[0] == 0:  # BLAS threads are one setting for the whole process: the first stage's
-                set_blas_threads(mine)
             self.mine = mine
+        if self.share[0] == 0 and self._blas != self.threads:  # the first stage's share, set when the count changes
+            set_blas_threads(share_of(self.threads, self.share))
+            self._blas = self.threads
         return self.threads
